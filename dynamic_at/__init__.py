@@ -1,0 +1,29 @@
+"""dynamic_at: Dynamic Adversarial Training and FOSC in JAX.
+
+Wang, Ma, Bailey, Yi, Zhou, Gu. "On the Convergence and Robustness of
+Adversarial Training", ICML 2019. The public API is this list; the modules
+behind it are private.
+"""
+
+from dynamic_at._attacks import cw_inf
+from dynamic_at._attacks import fgsm
+from dynamic_at._attacks import input_grad
+from dynamic_at._attacks import LogitsFn
+from dynamic_at._attacks import pgd
+from dynamic_at._attacks import pgd10
+from dynamic_at._attacks import pgd20
+from dynamic_at._attacks import PGDInfo
+from dynamic_at._attacks import random_start_point
+from dynamic_at._fosc import fosc
+from dynamic_at._fosc import fosc_threshold
+from dynamic_at._losses import cw_margin
+from dynamic_at._losses import get_loss
+from dynamic_at._losses import xent
+
+__version__ = '0.1.0'
+
+__all__ = (
+    'cw_inf', 'cw_margin', 'fgsm', 'fosc', 'fosc_threshold', 'get_loss',
+    'input_grad', 'LogitsFn', 'pgd', 'pgd10', 'pgd20', 'PGDInfo',
+    'random_start_point', 'xent',
+)

@@ -1,0 +1,292 @@
+"""Tests of input_grad, the FOSC-controlled PGD loop and the attacks."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dynamic_at as dat
+
+_SHAPE = (4, 4, 1)
+_NUM_CLASSES = 5
+
+
+def _mlp_params(seed=0):
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  d = int(np.prod(_SHAPE))
+  return (jax.random.normal(k1, (d, 16)) * 2.0,
+          jax.random.normal(k2, (16, _NUM_CLASSES)))
+
+
+def _mlp(params, x):
+  """A tiny smooth nonlinear model: a batch of images -> logits."""
+  w1, w2 = params
+  return jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
+
+
+def _data(batch=16, seed=0, low=0.0, high=1.0):
+  rng = np.random.default_rng(seed)
+  x0 = jnp.float32(rng.uniform(low, high, (batch,) + _SHAPE))
+  y = jnp.int32(rng.integers(0, _NUM_CLASSES, batch))
+  return x0, y
+
+
+@functools.partial(jax.jit, static_argnames=('random_start', 'loss'))
+def _pgd_mlp(params, x0, y, key, eps, step_size, num_steps, c_stop,
+             random_start=True, loss='xent'):
+  return dat.pgd(functools.partial(_mlp, params), x0, y, key, eps=eps,
+                 step_size=step_size, num_steps=num_steps, c_stop=c_stop,
+                 random_start=random_start, loss=loss)
+
+
+def test_losses_by_hand():
+  logits = jnp.array([[2.0, 1.0, -1.0], [0.0, 3.0, 1.0]])
+  y = jnp.array([0, 2])
+  np.testing.assert_allclose(
+      dat.xent(logits, y),
+      [-2.0 + np.log(np.exp(2) + np.exp(1) + np.exp(-1)),
+       -1.0 + np.log(1 + np.exp(3) + np.exp(1))], rtol=1e-6)
+  # -relu(z_y - max_{j != y} z_j + kappa)
+  np.testing.assert_allclose(dat.cw_margin(logits, y, kappa=0.0),
+                             [-1.0, 0.0])
+  np.testing.assert_allclose(dat.cw_margin(logits, y, kappa=50.0),
+                             [-51.0, -48.0])
+  with pytest.raises(ValueError, match='loss must be'):
+    dat.get_loss('hinge')
+
+
+@pytest.mark.parametrize('loss', ['xent', 'cw'])
+def test_input_grad_matches_per_example_grad(loss):
+  params = _mlp_params()
+  x, y = _data(8)
+  logits_fn = functools.partial(_mlp, params)
+  losses, grads = jax.jit(
+      lambda x_, y_: dat.input_grad(logits_fn, x_, y_, loss, kappa=5.0))(x, y)
+  loss_fn = dat.get_loss(loss, 5.0)
+  one = lambda xi, yi: loss_fn(logits_fn(xi[None]), yi[None])[0]
+  np.testing.assert_allclose(losses, jax.vmap(one)(x, y), rtol=1e-5)
+  np.testing.assert_allclose(grads, jax.vmap(jax.grad(one))(x, y),
+                             rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('c_stop', [None, 0.5, 1e9])
+@pytest.mark.parametrize('eps,step', [(0.3, 0.075), (8 / 255, 2 / 255)])
+def test_output_in_ball_and_box(c_stop, eps, step):
+  params = _mlp_params()
+  x0, y = _data(32)  # uniform in [0, 1]: many coordinates near the borders
+  x, info = _pgd_mlp(params, x0, y, jax.random.key(3), eps, step, 10, c_stop)
+  assert float(jnp.max(jnp.abs(x - x0))) <= eps + 1e-6
+  assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+  assert info.steps.shape == info.fosc.shape == info.loss.shape == (32,)
+  assert int(info.steps.max()) <= 10
+
+
+def test_zero_steps_returns_start():
+  params = _mlp_params()
+  x0, y = _data(8)
+  key = jax.random.key(7)
+  x, info = _pgd_mlp(params, x0, y, key, 0.3, 0.075, 0, None,
+                     random_start=False)
+  np.testing.assert_array_equal(x, x0)
+  np.testing.assert_array_equal(info.steps, np.zeros(8))
+  assert int(info.num_iters) == 0
+  x, info = _pgd_mlp(params, x0, y, key, 0.3, 0.075, 0, None)
+  start = jnp.clip(x0 + 0.3 * jax.random.uniform(key, x0.shape, x0.dtype,
+                                                 -1.0, 1.0), 0.0, 1.0)
+  np.testing.assert_allclose(x, start, rtol=0, atol=1e-7)
+  # The reported FOSC and loss are those of the start, centred on x0.
+  losses, grads = dat.input_grad(functools.partial(_mlp, params), x, y)
+  np.testing.assert_allclose(info.fosc, dat.fosc(x, x0, grads, 0.3),
+                             rtol=1e-5)
+  np.testing.assert_allclose(info.loss, losses, rtol=1e-5)
+
+
+def _reference_pgd(params, x0, y, start, eps, step, num_steps, c_stop):
+  """Algorithm 1 as a plain Python loop over steps and examples (numpy)."""
+  grad_fn = jax.jit(
+      lambda x_: dat.input_grad(functools.partial(_mlp, params), x_, y))
+  x0 = np.asarray(x0)
+  x = np.array(start)
+  batch = x.shape[0]
+  active = np.ones(batch, bool)
+  steps = np.zeros(batch, np.int32)
+  frozen_at = np.full(batch, -1)
+  _, g = grad_fn(jnp.asarray(x))
+  g = np.array(g)
+  fosc_hist = []
+  for k in range(num_steps):
+    if not active.any():
+      break
+    for i in range(batch):
+      if active[i]:
+        xi = x[i] + np.float32(step) * np.sign(g[i])
+        xi = np.clip(xi, x0[i] - np.float32(eps), x0[i] + np.float32(eps))
+        x[i] = np.clip(xi, 0.0, 1.0)
+        steps[i] += 1
+    _, g_new = grad_fn(jnp.asarray(x))
+    g_new = np.asarray(g_new)
+    f = np.asarray(dat.fosc(x, x0, g_new, eps))
+    fosc_hist.append(f)
+    for i in range(batch):
+      if active[i]:
+        g[i] = g_new[i]
+        if f[i] <= c_stop:
+          active[i] = False
+          frozen_at[i] = k + 1
+  return x, steps, frozen_at, np.stack(fosc_hist)
+
+
+def test_matches_python_reference_and_frozen_examples_never_move():
+  params = _mlp_params()
+  x0, y = _data(32, low=0.2, high=0.8)
+  eps, step, num_steps = 0.1, 0.025, 10
+  x_start, _ = _pgd_mlp(params, x0, y, jax.random.key(1), eps, step, 0, None)
+  # Choose a threshold between two FOSC values that the unstopped run visits,
+  # away from both, so that examples freeze at different steps.
+  _, _, _, hist = _reference_pgd(params, x0, y, x_start, eps, step, num_steps,
+                                 -np.inf)
+  values = np.sort(hist[2:6].ravel())
+  gaps = np.diff(values)
+  mid = len(values) // 2
+  i = mid + int(np.argmax(gaps[mid:mid + 20]))
+  c_stop = float((values[i] + values[i + 1]) / 2)
+  assert gaps[i] > 1e-4 * abs(c_stop)
+
+  x_ref, steps_ref, frozen_at, _ = _reference_pgd(
+      params, x0, y, x_start, eps, step, num_steps, c_stop)
+  assert len(set(steps_ref.tolist())) > 2, 'threshold exercises too little'
+  x_jit, info = _pgd_mlp(params, x0, y, jax.random.key(1), eps, step,
+                         num_steps, c_stop)
+  np.testing.assert_array_equal(info.steps, steps_ref)
+  np.testing.assert_allclose(x_jit, x_ref, rtol=0, atol=1e-6)
+  assert int(info.num_iters) == int(steps_ref.max())
+  # Frozen exactly when the FOSC first reached the threshold.
+  stopped = frozen_at > 0
+  assert bool(jnp.all(info.fosc[stopped] <= c_stop))
+  assert bool(jnp.all(info.fosc[~stopped] > c_stop))
+
+  # The jitted loop's own trajectory: runs with 0..K steps from the same key
+  # are its prefixes; once an example is frozen its point never changes.
+  traj = [
+      _pgd_mlp(params, x0, y, jax.random.key(1), eps, step, n, c_stop)
+      for n in range(num_steps + 1)
+  ]
+  for n in range(1, num_steps + 1):
+    was_frozen = np.asarray(traj[n - 1][1].steps) < n - 1
+    np.testing.assert_array_equal(
+        np.asarray(traj[n][0])[was_frozen], np.asarray(traj[n - 1][0])[was_frozen])
+    moved = np.any(np.asarray(traj[n][0]) != np.asarray(traj[n - 1][0]),
+                   axis=(1, 2, 3))
+    assert not np.any(moved & was_frozen)
+  np.testing.assert_array_equal(traj[-1][0], x_jit)
+
+
+def _linear_problem(batch=4):
+  """loss_i = (y_i + 1) * <w, x_i>: the optimum over the ball is x0 + eps*sign(w).
+
+  Everything is dyadic, so the arithmetic is exact.
+  """
+  rng = np.random.default_rng(0)
+  d = int(np.prod(_SHAPE))
+  w = rng.integers(1, 8, d) * rng.choice([-1, 1], d) / 8.0
+  w = jnp.float32(w)
+  logits_fn = lambda x: jnp.stack(
+      [x.reshape(x.shape[0], -1) @ w, jnp.zeros(x.shape[0])], axis=1)
+  loss = lambda logits, y: logits[:, 0] * (y + 1).astype(jnp.float32)
+  x0 = jnp.float32(rng.integers(24, 41, (batch,) + _SHAPE) / 64.0)
+  y = jnp.arange(batch, dtype=jnp.int32)
+  return logits_fn, loss, w, x0, y
+
+
+def test_linear_model_reaches_known_optimum_with_zero_fosc():
+  logits_fn, loss, w, x0, y = _linear_problem()
+  eps, step = 0.25, 0.0625
+  optimum = x0 + eps * jnp.sign(w).reshape(_SHAPE)
+  run = jax.jit(lambda key, c: dat.pgd(
+      logits_fn, x0, y, key, eps=eps, step_size=step, num_steps=10, c_stop=c,
+      loss=loss))
+  x, info = run(jax.random.key(0), None)
+  np.testing.assert_array_equal(x, optimum)
+  np.testing.assert_array_equal(info.fosc, np.zeros(4))
+  np.testing.assert_array_equal(info.steps, np.full(4, 10))
+  # With c_stop = 0 every example stops as soon as it is there (<= 8 steps
+  # from anywhere in the ball: 2 * eps / step).
+  x, info = run(jax.random.key(0), 0.0)
+  np.testing.assert_array_equal(x, optimum)
+  assert int(info.steps.max()) <= 8 and int(info.num_iters) <= 8
+
+
+def test_positive_threshold_stops_early_at_the_predicted_step():
+  logits_fn, loss, w, x0, y = _linear_problem()
+  eps, step = 0.25, 0.0625
+  # From x0 the FOSC after k steps is (y + 1) * eps * ||w||_1 * (1 - k / 4).
+  c = 0.5 * eps * float(jnp.abs(w).sum())
+  x, info = dat.pgd(logits_fn, x0, y, None, eps=eps, step_size=step,
+                    num_steps=10, c_stop=c, random_start=False, loss=loss)
+  # y=0: FOSC == c at k=2 (<= freezes); y=1: k=3; y=2, y=3: k=4 (FOSC 0).
+  np.testing.assert_array_equal(info.steps, [2, 3, 4, 4])
+  expected_k = np.array([2, 3, 4, 4], np.float32).reshape(4, 1, 1, 1)
+  np.testing.assert_array_equal(
+      x, x0 + expected_k * step * jnp.sign(w).reshape(_SHAPE))
+  assert np.all(np.asarray(info.fosc) <= c)
+
+
+def test_same_key_same_result_and_no_retrace():
+  params = _mlp_params()
+  x0, y = _data(8)
+  logits_fn = functools.partial(_mlp, params)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def attack(x0_, y_, key, eps, step_size, num_steps, c_stop):
+    return dat.pgd(logits_fn, x0_, y_, key, eps=eps, step_size=step_size,
+                   num_steps=num_steps, c_stop=c_stop)
+
+  a = attack(x0, y, jax.random.key(5), 0.3, 0.075, 10, 0.5)
+  b = attack(x0, y, jax.random.key(5), 0.3, 0.075, 10, 0.5)
+  np.testing.assert_array_equal(a[0], b[0])
+  c = attack(x0, y, jax.random.key(6), 0.3, 0.075, 10, 0.5)
+  assert not np.array_equal(a[0], c[0])
+  # Other K, c_t, eps and step: same trace.
+  attack(x0, y, jax.random.key(5), 0.2, 0.05, 3, 0.0)
+  attack(x0, y, jax.random.key(5), 0.1, 0.01, 40, 100.0)
+
+
+def test_evaluation_attacks():
+  params = _mlp_params()
+  x0, y = _data(16, low=0.2, high=0.8)
+  logits_fn = functools.partial(_mlp, params)
+  key = jax.random.key(0)
+  x, info = dat.fgsm(logits_fn, x0, y, key, eps=0.1)
+  _, g = dat.input_grad(logits_fn, x0, y)
+  np.testing.assert_allclose(x, jnp.clip(x0 + 0.1 * jnp.sign(g), 0, 1),
+                             atol=1e-7)
+  assert int(info.steps.max()) == 1
+  for attack, k in ((dat.pgd10, 10), (dat.pgd20, 20), (dat.cw_inf, 30)):
+    x, info = attack(logits_fn, x0, y, key, eps=0.1)
+    np.testing.assert_array_equal(info.steps, np.full(16, k))
+    assert float(jnp.max(jnp.abs(x - x0))) <= 0.1 + 1e-6
+  # CW-inf maximises the margin loss.
+  _, info = dat.cw_inf(logits_fn, x0, y, key, eps=0.1)
+  clean = dat.cw_margin(logits_fn(x0), y, 50.0)
+  assert bool(jnp.all(info.loss >= clean - 1e-4))
+  assert float(jnp.mean(info.loss)) > float(jnp.mean(clean))
+
+
+def test_pgd_raises_attack_loss_on_nonlinear_model():
+  params = _mlp_params()
+  x0, y = _data(64, low=0.2, high=0.8)
+  logits_fn = functools.partial(_mlp, params)
+  clean = dat.xent(logits_fn(x0), y)
+  _, info = dat.pgd20(logits_fn, x0, y, jax.random.key(0), eps=0.1)
+  assert float(jnp.mean(info.loss)) > float(jnp.mean(clean)) + 0.1
+
+
+def test_random_start_needs_key():
+  x0, y = _data(2)
+  with pytest.raises(ValueError, match='PRNG key'):
+    dat.pgd(functools.partial(_mlp, _mlp_params()), x0, y, None, eps=0.1,
+            step_size=0.1, num_steps=1)

@@ -1,0 +1,91 @@
+"""Tests of the closed-form FOSC and the Dynamic AT threshold."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dynamic_at import fosc
+from dynamic_at import fosc_threshold
+
+_fosc_jit = jax.jit(fosc)
+
+
+def _brute_force(x, x0, g, eps):
+  """max over the ball's vertices of <v - x, g>, per example (numpy, f64)."""
+  out = []
+  for xi, x0i, gi in zip(x, x0, g):
+    flat = x0i.reshape(-1)
+    best = -np.inf
+    for signs in itertools.product((-1.0, 1.0), repeat=flat.size):
+      v = flat + eps * np.asarray(signs)
+      best = max(best, float(np.dot(v - xi.reshape(-1), gi.reshape(-1))))
+    out.append(best)
+  return np.asarray(out)
+
+
+@pytest.mark.parametrize('shape', [(5, 6), (4, 2, 3), (3, 2, 2, 2)])
+@pytest.mark.parametrize('eps', [0.3, 8 / 255])
+def test_closed_form_equals_vertex_maximum(shape, eps):
+  rng = np.random.default_rng(0)
+  x0 = rng.uniform(0, 1, shape)
+  x = x0 + rng.uniform(-eps, eps, shape)
+  g = rng.normal(size=shape)
+  expected = _brute_force(x, x0, g, eps)
+  got = _fosc_jit(jnp.float32(x), jnp.float32(x0), jnp.float32(g), eps)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_nonnegative_inside_ball_and_zero_at_optimal_vertex():
+  rng = np.random.default_rng(1)
+  eps = 0.25
+  x0 = jnp.float32(rng.uniform(0, 1, (64, 7, 7, 1)))
+  g = jnp.float32(rng.normal(size=x0.shape))
+  inside = x0 + jnp.float32(rng.uniform(-eps, eps, x0.shape))
+  assert bool(jnp.all(_fosc_jit(inside, x0, g, eps) >= 0))
+  # Vertices and points on faces are in the ball too.
+  on_faces = x0 + eps * jnp.float32(rng.choice([-1.0, 0.0, 1.0], x0.shape))
+  assert bool(jnp.all(_fosc_jit(on_faces, x0, g, eps) >= -1e-6))
+  # Centred on x0, FOSC is eps * ||g||_1 ...
+  np.testing.assert_allclose(_fosc_jit(x0, x0, g, eps),
+                             eps * jnp.abs(g).sum(axis=(1, 2, 3)), rtol=1e-6)
+  # ... and 0 at x0 + eps * sign(g). With a dyadic x0 the arithmetic is exact.
+  x0_dyadic = jnp.round(x0 * 64) / 64 * 0.5 + 0.25
+  opt = x0_dyadic + eps * jnp.sign(g)
+  np.testing.assert_array_equal(_fosc_jit(opt, x0_dyadic, g, eps),
+                                np.zeros(64, np.float32))
+  # A zero gradient (a stationary point) gives 0 anywhere in the ball.
+  np.testing.assert_array_equal(
+      _fosc_jit(inside, x0, jnp.zeros_like(g), eps), np.zeros(64))
+
+
+def test_per_example_eps_and_vmap_and_grad():
+  rng = np.random.default_rng(2)
+  x0 = jnp.float32(rng.uniform(size=(3, 4)))
+  x = x0 + 0.01
+  g = jnp.float32(rng.normal(size=(3, 4)))
+  eps = jnp.array([0.1, 0.2, 0.3])
+  per_example = jnp.stack([fosc(x[i:i + 1], x0[i:i + 1], g[i:i + 1], eps[i])[0]
+                           for i in range(3)])
+  np.testing.assert_allclose(_fosc_jit(x, x0, g, eps), per_example, rtol=1e-6)
+  # Under vmap over an extra leading axis.
+  stacked = jax.vmap(fosc, in_axes=(0, 0, 0, None))(
+      jnp.stack([x, x]), jnp.stack([x0, x0]), jnp.stack([g, g]), 0.1)
+  np.testing.assert_allclose(stacked[0], stacked[1])
+  # Under grad: d FOSC / d x = -g.
+  dx = jax.grad(lambda x_: fosc(x_, x0, g, 0.1).sum())(x)
+  np.testing.assert_allclose(dx, -g, rtol=1e-6)
+
+
+def test_shape_mismatch_is_an_error():
+  with pytest.raises(ValueError, match='same shape'):
+    fosc(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((2, 4)), 0.1)
+
+
+def test_threshold_schedule():
+  c = [float(fosc_threshold(t, 0.5, 100)) for t in (0, 50, 99, 100, 120)]
+  np.testing.assert_allclose(c, [0.5, 0.25, 0.005, 0.0, 0.0], atol=1e-7)
+  # Traced epoch: no retrace needed to change it.
+  np.testing.assert_allclose(jax.jit(fosc_threshold)(10, 0.5, 40), 0.375)
