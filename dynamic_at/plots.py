@@ -1,0 +1,276 @@
+"""Figures of Wang et al. (ICML 2019): FOSC histograms and training curves.
+
+* :func:`fosc_histograms`: the paper's "FOSC view" -- the distribution of the
+  FOSC of the training adversarial examples at several stages of training.
+* :func:`fosc_histograms_by_method`: the same, one panel per training method
+  (Standard, Curriculum, Dynamic) on a shared x axis.
+* :func:`training_curves`: per-epoch loss/accuracy, PGD steps and ``c_t``,
+  and test robustness.
+
+Every function writes a PNG (matplotlib's Agg renderer, no pyplot and no
+display needed) and returns its path. matplotlib is imported inside the
+functions, so importing :mod:`dynamic_at` stays light.
+"""
+
+import math
+import os
+import tempfile
+from typing import Any, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ('fosc_histograms', 'fosc_histograms_by_method', 'select_stages',
+           'training_curves')
+
+PathLike = 'os.PathLike[str] | str'
+
+MAX_STAGES = 5
+_METHOD_ORDER = ('unsecured', 'standard', 'curriculum', 'dynamic')
+
+
+def _new_figure(width: float, height: float) -> Any:
+  """A figure with an Agg canvas, outside pyplot's global state."""
+  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(width, height), dpi=100, layout='constrained')
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _save(fig: Any, path: PathLike) -> str:
+  """Writes ``fig`` as a PNG atomically and returns the path."""
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path),
+                             suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      fig.savefig(f, format='png')
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def select_stages(epochs: Sequence[int],
+                  max_stages: int = MAX_STAGES) -> List[int]:
+  """Up to ``max_stages`` evenly spaced epochs (first and last included)."""
+  epochs = sorted(int(e) for e in epochs)
+  if len(epochs) <= max_stages:
+    return epochs
+  idx = np.unique(np.round(np.linspace(0, len(epochs) - 1, max_stages)))
+  return [epochs[int(i)] for i in idx]
+
+
+def _finite(values: Any) -> np.ndarray:
+  v = np.asarray(values, np.float64).ravel()
+  return v[np.isfinite(v)]
+
+
+def _common_range(arrays: Sequence[np.ndarray]) -> Tuple[float, float]:
+  """``[min(0, min), max]`` over all values; a non-empty interval."""
+  nonempty = [a for a in arrays if a.size]
+  if not nonempty:
+    return 0.0, 1.0
+  lo = min(0.0, min(float(a.min()) for a in nonempty))
+  hi = max(float(a.max()) for a in nonempty)
+  if hi <= lo:
+    hi = lo + 1.0
+  return lo, hi
+
+
+def _draw_stages(ax: Any, fosc_by_epoch: Mapping[int, Any],
+                 stages: Sequence[int], bins: np.ndarray) -> None:
+  """Overlaid normalised histograms of the selected stages on ``ax``."""
+  # pylint: disable=g-import-not-at-top
+  from matplotlib import colormaps
+  cmap = colormaps['viridis']
+  for i, epoch in enumerate(stages):
+    v = _finite(fosc_by_epoch[epoch])
+    color = cmap(i / max(len(stages) - 1, 1) * 0.9)
+    if not v.size:
+      ax.plot([], [], color=color, label=f'epoch {epoch} (no data)')
+      continue
+    weights = np.full(v.shape, 1.0 / v.size)
+    label = f'epoch {epoch} (mean {v.mean():.3g}, n={v.size})'
+    ax.hist(v, bins=bins, weights=weights, color=color, alpha=0.25)
+    ax.hist(v, bins=bins, weights=weights, color=color, histtype='step',
+            linewidth=1.5, label=label)
+  ax.set_xlabel('FOSC of training adversarial examples')
+  ax.set_ylabel('fraction of examples')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize='small')
+
+
+def fosc_histograms(fosc_by_epoch: Mapping[int, Any], path: PathLike, *,
+                    title: str = '', max_stages: int = MAX_STAGES,
+                    num_bins: int = 50) -> str:
+  """The FOSC view: histograms of the training adversarial examples' FOSC at
+  several stages of training, overlaid on a common x range.
+
+  Each histogram is normalised to fractions of its stage's examples, so stages
+  of different sizes compare. With more than ``max_stages`` epochs, that many
+  evenly spaced ones (first and last included) are drawn.
+
+  Args:
+    fosc_by_epoch: epoch -> FOSC values of that epoch's adversarial examples.
+    path: the PNG to write.
+    title: the figure's title.
+    max_stages: most stages drawn.
+    num_bins: histogram bins over the common range.
+
+  Returns:
+    ``path``.
+  """
+  stages = select_stages(fosc_by_epoch, max_stages)
+  lo, hi = _common_range([_finite(fosc_by_epoch[e]) for e in stages])
+  fig = _new_figure(7.0, 4.5)
+  ax = fig.add_subplot()
+  if stages:
+    _draw_stages(ax, fosc_by_epoch, stages, np.linspace(lo, hi, num_bins + 1))
+  else:
+    ax.text(0.5, 0.5, 'no FOSC data', ha='center', va='center',
+            transform=ax.transAxes)
+  ax.set_xlim(lo, hi)
+  ax.set_title(title or 'FOSC of training adversarial examples by epoch')
+  return _save(fig, path)
+
+
+def _method_key(name: str) -> Tuple[int, str]:
+  low = name.lower()
+  return (_METHOD_ORDER.index(low) if low in _METHOD_ORDER
+          else len(_METHOD_ORDER), name)
+
+
+def fosc_histograms_by_method(fosc_by_method: Mapping[str, Mapping[int, Any]],
+                              path: PathLike, *, title: str = '',
+                              max_stages: int = MAX_STAGES,
+                              num_bins: int = 50) -> str:
+  """Side-by-side FOSC views, one panel per method, on a shared x axis.
+
+  Panels are ordered Standard, Curriculum, Dynamic (then any other method);
+  each panel is :func:`fosc_histograms`' plot of that method, and all use the
+  same bins, so the methods' convergence compares at a glance.
+
+  Args:
+    fosc_by_method: method name -> (epoch -> FOSC values).
+    path: the PNG to write.
+    title: the figure's title.
+    max_stages: most stages drawn per panel.
+    num_bins: histogram bins over the common range.
+
+  Returns:
+    ``path``.
+  """
+  methods = sorted(fosc_by_method, key=_method_key)
+  stages = {m: select_stages(fosc_by_method[m], max_stages) for m in methods}
+  lo, hi = _common_range([_finite(fosc_by_method[m][e])
+                          for m in methods for e in stages[m]])
+  bins = np.linspace(lo, hi, num_bins + 1)
+  n = max(len(methods), 1)
+  fig = _new_figure(5.0 * n, 4.5)
+  axes = fig.subplots(1, n, sharex=True, squeeze=False)[0]
+  for ax, method in zip(axes, methods):
+    if stages[method]:
+      _draw_stages(ax, fosc_by_method[method], stages[method], bins)
+    ax.set_title(method.capitalize())
+  if not methods:
+    axes[0].text(0.5, 0.5, 'no FOSC data', ha='center', va='center',
+                 transform=axes[0].transAxes)
+  axes[0].set_xlim(lo, hi)
+  fig.suptitle(title or 'FOSC of training adversarial examples')
+  return _save(fig, path)
+
+
+def _series(rows: Sequence[Mapping[str, Any]],
+            key: str) -> Tuple[np.ndarray, np.ndarray]:
+  """``(epochs, values)`` of the rows that hold a finite ``key``."""
+  xs, ys = [], []
+  for i, row in enumerate(rows):
+    value = row.get(key)
+    if value is None:
+      continue
+    try:
+      value = float(value)
+    except (TypeError, ValueError):
+      continue
+    if not math.isfinite(value):
+      continue
+    epoch = row.get('epoch')
+    xs.append(i if epoch is None else float(epoch))
+    ys.append(value)
+  return np.asarray(xs), np.asarray(ys)
+
+
+def training_curves(rows: Sequence[Mapping[str, Any]], path: PathLike, *,
+                    title: str = '') -> str:
+  """Per-epoch training curves.
+
+  Panels (each drawn only if some row holds its data):
+
+  1. ``train_loss`` and, on a twin axis, ``train_accuracy``;
+  2. ``steps_mean`` (mean PGD steps per example) and, on a twin axis, ``c_t``
+     (the FOSC threshold; non-finite values, e.g. Standard's ``-inf``, are
+     skipped);
+  3. ``test_clean`` and ``test_pgd20`` accuracies.
+
+  Rows may miss any key; ``epoch`` defaults to the row's index.
+
+  Args:
+    rows: one dict of metrics per epoch.
+    path: the PNG to write.
+    title: the figure's title.
+
+  Returns:
+    ``path``.
+  """
+  panels = []
+  for panel_title, left, right in (
+      ('training', ('train_loss',), ('train_accuracy',)),
+      ('attack', ('steps_mean',), ('c_t',)),
+      ('test robustness', ('test_clean', 'test_pgd20'), ())):
+    left = [(k, _series(rows, k)) for k in left]
+    right = [(k, _series(rows, k)) for k in right]
+    left = [(k, s) for k, s in left if s[0].size]
+    right = [(k, s) for k, s in right if s[0].size]
+    if left or right:
+      panels.append((panel_title, left, right))
+
+  labels = {
+      'train_loss': 'train loss', 'train_accuracy': 'train accuracy',
+      'steps_mean': 'mean PGD steps', 'c_t': 'FOSC threshold c_t',
+      'test_clean': 'test clean accuracy (%)',
+      'test_pgd20': 'test PGD-20 accuracy (%)',
+  }
+  n = max(len(panels), 1)
+  fig = _new_figure(5.0 * n, 4.0)
+  axes = fig.subplots(1, n, squeeze=False)[0]
+  if not panels:
+    axes[0].text(0.5, 0.5, 'no metrics', ha='center', va='center',
+                 transform=axes[0].transAxes)
+  colors = iter(['C0', 'C1', 'C2', 'C3', 'C4', 'C5', 'C6', 'C7'])
+  for ax, (panel_title, left, right) in zip(axes, panels):
+    handles = []
+    for k, (x, y) in left:
+      handles += ax.plot(x, y, marker='.', color=next(colors), label=labels[k])
+    if len(left) > 1 and all(k.startswith('test_') for k, _ in left):
+      ax.set_ylabel('test accuracy (%)')
+    elif left:
+      ax.set_ylabel(' / '.join(labels[k] for k, _ in left))
+    if right:
+      twin = ax.twinx() if left else ax
+      for k, (x, y) in right:
+        handles += twin.plot(x, y, marker='.', linestyle='--',
+                             color=next(colors), label=labels[k])
+      twin.set_ylabel(' / '.join(labels[k] for k, _ in right))
+    ax.set_title(panel_title)
+    ax.set_xlabel('epoch')
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, fontsize='small', loc='best')
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)

@@ -1,0 +1,353 @@
+"""Tests of dynamic_at.evaluation: accuracies, batching, compilation, meshes,
+sanity warnings and result files."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dynamic_at import evaluation
+from dynamic_at import parallel
+
+_SHAPE = (4, 4, 1)
+_NUM_CLASSES = 5
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _TinyMLP(nn.Module):
+  """A 2-layer MLP on 4x4x1 images with the library's ``train`` argument."""
+  num_classes: int = _NUM_CLASSES
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    x = x.reshape(x.shape[0], -1)
+    x = jnp.tanh(nn.Dense(16)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class _Linear(nn.Module):
+  num_classes: int = 2
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+_MLP = _TinyMLP()
+_MLP_VARS = _MLP.init(jax.random.key(0), jnp.zeros((1,) + _SHAPE))
+
+
+def _data(n, seed=0, low=0.0, high=1.0, model=_MLP, variables=_MLP_VARS):
+  """Images and labels: the model's own prediction for about 70% of them (so
+  clean accuracy is high and attacks have something to break), random
+  labels for the rest."""
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(low, high, (n,) + _SHAPE).astype(np.float32)
+  pred = np.asarray(jnp.argmax(model.apply(variables, x), -1))
+  random = rng.integers(0, model.num_classes, n)
+  y = np.where(rng.uniform(size=n) < 0.7, pred, random).astype(np.int32)
+  return x, y
+
+
+def _eval(n=37, batch_size=16, apply_fn=_MLP.apply, variables=_MLP_VARS,
+          **kwargs):
+  x, y = _data(n)
+  kwargs.setdefault('eps', 0.1)
+  kwargs.setdefault('key', jax.random.key(1))
+  return evaluation.evaluate(apply_fn, variables, x, y,
+                             batch_size=batch_size, **kwargs)
+
+
+@pytest.fixture(scope='module')
+def paper_results():
+  return _eval()
+
+
+def test_evaluate_all_attacks(paper_results):
+  r = paper_results
+  x, y = _data(37)
+  assert r['num_eval_examples'] == 37
+  assert r['black_box'] is None and r['per_example']['black_box'] is None
+  assert set(r['white_box']) == set(evaluation.PAPER_ATTACKS) | {'worst_case'}
+  for name, acc in r['white_box'].items():
+    assert isinstance(acc, float)
+    assert 0.0 <= acc <= 100.0, name
+    per = r['per_example']['white_box'][name]
+    assert per.dtype == np.bool_ and per.shape == (37,)
+    assert acc == pytest.approx(100.0 * per.mean())
+  pred = np.argmax(np.asarray(_MLP.apply(_MLP_VARS, x)), -1)
+  assert r['white_box']['clean'] == pytest.approx(100.0 * np.mean(pred == y))
+  # The attacks at eps 0.1 do break this model.
+  assert r['white_box']['pgd20'] < r['white_box']['clean']
+
+
+def test_worst_case(paper_results):
+  white = paper_results['white_box']
+  per = paper_results['per_example']['white_box']
+  for name in evaluation.PAPER_ATTACKS:
+    assert white['worst_case'] <= white[name]
+  np.testing.assert_array_equal(
+      per['worst_case'],
+      np.logical_and.reduce([per[a] for a in evaluation.PAPER_ATTACKS]))
+  # One non-clean attack: no worst case.
+  r = _eval(attacks=('clean', 'fgsm'))
+  assert 'worst_case' not in r['white_box']
+
+
+def test_batching_does_not_change_deterministic_attacks():
+  """The padded last batch (37 = 16 + 16 + 5) gives exactly what one batch
+  of 37 gives, for the deterministic clean and FGSM evaluations."""
+  a = _eval(batch_size=16, attacks=('clean', 'fgsm'))
+  b = _eval(batch_size=37, attacks=('clean', 'fgsm'))
+  c = _eval(batch_size=64, attacks=('clean', 'fgsm'))  # one padded batch
+  for name in ('clean', 'fgsm'):
+    for other in (b, c):
+      np.testing.assert_array_equal(a['per_example']['white_box'][name],
+                                    other['per_example']['white_box'][name])
+      assert a['white_box'][name] == other['white_box'][name]
+
+
+def test_deterministic_given_key():
+  a = _eval(attacks=('pgd10',))
+  b = _eval(attacks=('pgd10',))
+  np.testing.assert_array_equal(a['per_example']['white_box']['pgd10'],
+                                b['per_example']['white_box']['pgd10'])
+
+
+def test_compiles_once_per_attack():
+  """Counts traces through a Python side effect in the model: three batches
+  (the last one padded) trace each attack exactly as often as one batch, and
+  a second evaluation of the same model traces nothing."""
+
+  def counting(calls):
+    def apply_fn(variables, x, train=False):
+      calls.append(x.shape)
+      return _MLP.apply(variables, x, train=train)
+    return apply_fn
+
+  attacks = ('clean', 'fgsm', 'pgd10')
+  one_batch, three_batches = [], []
+  _eval(n=16, apply_fn=counting(one_batch), attacks=attacks)
+  fn = counting(three_batches)
+  _eval(n=37, apply_fn=fn, attacks=attacks)
+  assert one_batch and len(three_batches) == len(one_batch)
+  assert {s[0] for s in three_batches} == {16}  # always the padded shape
+  traced = len(three_batches)
+  _eval(n=37, apply_fn=fn, attacks=attacks, eps=0.2, key=jax.random.key(7))
+  assert len(three_batches) == traced  # cached: eps and key are traced
+
+
+def test_linear_model_pgd20_breaks_everything():
+  """At eps 0.5 on inputs in [0.25, 0.75] the ball holds every image of
+  [0, 1]. For a 2-class linear model the input gradient of the loss has the
+  constant sign of ``w_other - w_label``, so PGD-20 (20 steps of 0.125 >= 1)
+  reaches the vertex maximising the wrong margin; that margin is positive
+  whenever ``w_1 - w_0`` has entries of both signs (checked), so PGD-20
+  accuracy is exactly 0 although clean accuracy is 100."""
+  model = _Linear()
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(int(np.prod(_SHAPE)), 2)).astype(np.float32)
+  w[:, 1] -= w[:, 1].mean() - w[:, 0].mean()  # both classes get predicted
+  b = np.zeros(2, np.float32)
+  variables = {'params': {'Dense_0': {'kernel': w, 'bias': b}}}
+  dw, db = w[:, 1] - w[:, 0], b[1] - b[0]
+  assert np.maximum(dw, 0).sum() + db > 0 and np.maximum(-dw, 0).sum() - db > 0
+  x = rng.uniform(0.25, 0.75, (40,) + _SHAPE).astype(np.float32)
+  y = np.asarray(jnp.argmax(model.apply(variables, x), -1), np.int32)
+  assert 0 < y.sum() < len(y)  # both classes present
+  r = evaluation.evaluate(model.apply, variables, x, y, eps=0.5,
+                          key=jax.random.key(0), batch_size=16,
+                          attacks=('clean', 'pgd20'))
+  assert r['white_box']['clean'] == 100.0
+  assert r['white_box']['pgd20'] == 0.0
+  eps_one = evaluation.accuracy_at_eps_one(model.apply, variables, x, y,
+                                           jax.random.key(0), 16)
+  assert eps_one == 0.0
+  assert not evaluation.sanity_warnings(r, eps_one_accuracy=eps_one)
+
+
+def test_eps_one_flags_a_model_without_gradient():
+  """A model that ignores its input keeps its accuracy at eps = 1."""
+
+  def constant(variables, x, train=False):
+    del train
+    return jnp.broadcast_to(variables['logits'], (x.shape[0], _NUM_CLASSES))
+
+  variables = {'logits': jnp.arange(_NUM_CLASSES, dtype=jnp.float32)}
+  x, _ = _data(20)
+  y = np.full(20, _NUM_CLASSES - 1, np.int32)
+  acc = evaluation.accuracy_at_eps_one(constant, variables, x, y,
+                                       jax.random.key(0), 8)
+  assert acc == 100.0
+  warnings = evaluation.sanity_warnings({'white_box': {}},
+                                        eps_one_accuracy=acc)
+  assert len(warnings) == 1 and 'eps=1' in warnings[0]
+
+
+def test_black_box_with_itself_as_source_equals_white_box():
+  r = _eval(attacks=('clean', 'fgsm', 'pgd10'),
+            source=(_MLP.apply, _MLP_VARS))
+  assert set(r['black_box']) == {'fgsm', 'pgd10'}  # no clean
+  assert set(r['per_example']['black_box']) == {'fgsm', 'pgd10'}
+  np.testing.assert_array_equal(r['per_example']['black_box']['fgsm'],
+                                r['per_example']['white_box']['fgsm'])
+  assert r['black_box']['fgsm'] == r['white_box']['fgsm']
+
+
+def test_black_box_from_another_model():
+  other = _MLP.init(jax.random.key(42), jnp.zeros((1,) + _SHAPE))
+  r = _eval(attacks=('clean', 'fgsm'), source=(_MLP.apply, other))
+  assert 0.0 <= r['black_box']['fgsm'] <= 100.0
+  assert r['black_box']['fgsm'] >= r['white_box']['fgsm']
+
+
+def test_mesh_gives_identical_results(paper_results):
+  a = paper_results
+  b = _eval(mesh=parallel.make_mesh())
+  assert a['white_box'] == b['white_box']
+  for name, per in a['per_example']['white_box'].items():
+    np.testing.assert_array_equal(per, b['per_example']['white_box'][name])
+
+
+def test_mesh_of_two_devices():
+  """Two forced CPU devices in a subprocess: a batch size that does not split
+  raises, and the sharded evaluation matches the unsharded one."""
+  script = textwrap.dedent("""
+      import jax, jax.numpy as jnp, numpy as np
+      from dynamic_at import evaluation, parallel
+      assert jax.device_count() == 2
+      f = lambda v, x, train=False: jnp.tanh(x.reshape(x.shape[0], -1) @ v)
+      v = jax.random.normal(jax.random.key(0), (16, 5))
+      rng = np.random.default_rng(0)
+      x = rng.uniform(0, 1, (21, 4, 4, 1)).astype(np.float32)
+      y = rng.integers(0, 5, 21).astype(np.int32)
+      mesh = parallel.make_mesh()
+      try:
+        evaluation.evaluate(f, v, x, y, eps=0.1, key=jax.random.key(0),
+                            batch_size=15, mesh=mesh)
+        raise SystemExit('no error')
+      except ValueError as e:
+        assert 'batch_size' in str(e), e
+      kw = dict(eps=0.1, key=jax.random.key(0), batch_size=8,
+                attacks=('clean', 'fgsm', 'pgd10'), source=(f, v * 0.5))
+      a = evaluation.evaluate(f, v, x, y, **kw)
+      b = evaluation.evaluate(f, v, x, y, mesh=mesh, **kw)
+      for box in ('white_box', 'black_box'):
+        for k, per in a['per_example'][box].items():
+          np.testing.assert_array_equal(per, b['per_example'][box][k])
+      print('OK', a['white_box'])
+      """)
+  env = dict(os.environ, PYTHONPATH=_REPO, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  out = subprocess.run([sys.executable, '-c', script], env=env,
+                       capture_output=True, text=True, timeout=300,
+                       check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'OK' in out.stdout
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match='unknown attacks'):
+    _eval(attacks=('clean', 'pgd7'))
+  with pytest.raises(ValueError, match='labels'):
+    evaluation.evaluate(_MLP.apply, _MLP_VARS, np.zeros((4,) + _SHAPE),
+                        np.zeros(3), eps=0.1, key=jax.random.key(0))
+  with pytest.raises(ValueError, match='batch_size'):
+    _eval(batch_size=0)
+
+
+# ---------------------------------------------------------------- sanity ----
+
+_CONSISTENT = {
+    'white_box': {'clean': 90.0, 'fgsm': 60.0, 'pgd10': 50.0, 'pgd20': 48.0,
+                  'cw_inf': 49.0, 'worst_case': 45.0},
+    'black_box': {'fgsm': 70.0, 'pgd10': 65.0, 'pgd20': 64.0, 'cw_inf': 66.0},
+    'num_eval_examples': 1000,
+}
+
+
+def _with(box, name, value):
+  r = json.loads(json.dumps(_CONSISTENT))
+  r[box][name] = value
+  return r
+
+
+def test_sanity_consistent_is_quiet():
+  assert evaluation.sanity_warnings(_CONSISTENT) == []
+  assert evaluation.sanity_warnings(_CONSISTENT, eps_one_accuracy=0.5) == []
+  # Within the 1-point tolerance of random starts.
+  assert evaluation.sanity_warnings(_with('white_box', 'pgd20', 50.9)) == []
+  assert evaluation.sanity_warnings({'white_box': {'clean': 1.0},
+                                     'black_box': None}) == []
+
+
+@pytest.mark.parametrize('box,name,value,needle', [
+    ('white_box', 'pgd20', 52.0, 'PGD-20'),
+    ('white_box', 'pgd10', 62.0, 'PGD-10'),
+    ('white_box', 'clean', 55.0, 'FGSM accuracy 60.00% > clean'),
+    ('black_box', 'pgd20', 40.0, 'black-box PGD-20'),
+    ('black_box', 'fgsm', 58.0, 'black-box FGSM'),
+])
+def test_sanity_each_violation(box, name, value, needle):
+  warnings = evaluation.sanity_warnings(_with(box, name, value))
+  assert len(warnings) == 1, warnings
+  assert needle in warnings[0] and 'WARNING' in warnings[0]
+
+
+def test_sanity_eps_one():
+  warnings = evaluation.sanity_warnings(_CONSISTENT, eps_one_accuracy=10.0)
+  assert len(warnings) == 1 and 'gradient masking' in warnings[0]
+
+
+# ----------------------------------------------------------------- files ----
+
+def test_results_markdown():
+  md = evaluation.results_markdown(_CONSISTENT, title='MNIST / dynamic')
+  assert md.startswith('## MNIST / dynamic')
+  assert '| white-box | 90.00 | 60.00 | 50.00 | 48.00 | 49.00 | 45.00 |' in md
+  assert '| black-box | - | 70.00 | 65.00 | 64.00 | 66.00 | - |' in md
+  assert '1000' in md
+  md = evaluation.results_markdown({'white_box': {'clean': 12.345},
+                                    'black_box': None,
+                                    'num_eval_examples': 7}, title='t')
+  assert '12.35' in md and 'black-box' not in md
+
+
+def test_write_results(tmp_path, paper_results):
+  path = tmp_path / 'sub' / 'results.json'
+  final = {
+      'dataset': 'mnist', 'method': 'dynamic',
+      'white_box': paper_results['white_box'], 'black_box': None,
+      'num_eval_examples': np.int64(37),
+      'flags': {'eps': np.float32(0.3), 'steps': np.int32(10),
+                'lr_drop_epochs': (20, 40), 'c_stop': float('-inf')},
+      'wall_time_s': 1.5, 'devices': 'cpu x1',
+      'per_example': paper_results['per_example'],
+  }
+  json_path, md_path = evaluation.write_results(path, final)
+  assert json_path == str(path) and md_path == str(tmp_path / 'sub' /
+                                                   'results.md')
+  loaded = json.loads(path.read_text())
+  assert 'per_example' not in loaded
+  assert loaded['white_box'] == pytest.approx(paper_results['white_box'])
+  assert loaded['num_eval_examples'] == 37
+  assert loaded['flags']['eps'] == pytest.approx(0.3)
+  assert loaded['flags']['lr_drop_epochs'] == [20, 40]
+  assert loaded['black_box'] is None
+  md = (tmp_path / 'sub' / 'results.md').read_text()
+  assert 'mnist / dynamic' in md and 'white-box' in md
+  # Replaced whole, no temporary files left behind.
+  final['method'] = 'standard'
+  evaluation.write_results(path, final)
+  assert json.loads(path.read_text())['method'] == 'standard'
+  assert sorted(os.listdir(tmp_path / 'sub')) == ['results.json',
+                                                  'results.md']
