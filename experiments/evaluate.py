@@ -1,0 +1,92 @@
+"""Evaluates a trained run: white-box (and black-box) robustness.
+
+Restores the newest checkpoint of ``--workdir``, reads the run's model,
+dataset and eps from its ``flags.json``, attacks the first
+``--num_eval_examples`` test examples with the paper's attacks (clean, FGSM,
+PGD-10, PGD-20, CW-inf), and with ``--source_workdir`` also black-box
+(transfer) attacks crafted on that run's model. Prints loud sanity warnings
+(including the PGD-20 accuracy at eps = 1, a gradient-masking check), writes
+``WORKDIR/results.json`` and ``results.md`` and prints the table::
+
+  python -m experiments.evaluate --workdir=runs/mnist_dynamic \\
+      --source_workdir=runs/mnist_standard --num_eval_examples=10000
+
+Only ``--data_dir``, ``--num_eval_examples``, ``--eval_batch_size``,
+``--source_workdir``, ``--attacks`` and ``--multihost`` are read from the
+command line (each falls back to the run's saved value); the other flags come
+from the run's ``flags.json``.
+"""
+
+import os
+from typing import Any, Dict
+
+from absl import app
+from absl import flags
+import jax
+
+from dynamic_at import data
+from dynamic_at import parallel
+from experiments import common
+
+# The flags evaluate takes from the command line when given.
+OVERRIDABLE = ('data_dir', 'num_eval_examples', 'eval_batch_size',
+               'source_workdir', 'attacks', 'multihost')
+for _name in ('workdir',) + OVERRIDABLE:
+  flags.declare_key_flag(_name)
+
+
+def evaluate_workdir(workdir: str, **overrides: Any) -> Dict[str, Any]:
+  """Evaluates the run in ``workdir``; ``overrides`` replace saved flags.
+
+  Args:
+    workdir: a run folder (with ``flags.json`` and ``checkpoints/``).
+    **overrides: values of :data:`OVERRIDABLE` flags.
+
+  Returns:
+    The dictionary written to ``workdir/results.json``.
+
+  Raises:
+    common.ConfigError, data.DataError: naming the flag or file.
+  """
+  unknown = set(overrides) - set(OVERRIDABLE)
+  if unknown:
+    raise common.ConfigError(f'evaluate does not take {sorted(unknown)}')
+  config = common.load_saved_config(workdir).replace(workdir=workdir,
+                                                     **overrides)
+  if config.multihost:
+    jax.distributed.initialize()
+  common.validate_config(config)
+  common.validate_devices(config, training=False)
+  common.check_source_workdir(config)
+  test_ds = common.load_test_data(config)
+  mesh = parallel.make_mesh()
+  _, state, meta = common.restore_model(workdir, test_ds.image_shape, mesh)
+  source = common.restore_source(config, test_ds.image_shape, mesh)
+  return common.evaluate_and_report(config, state, test_ds, mesh, meta=meta,
+                                    source=source)
+
+
+def _overrides_from_flags() -> Dict[str, Any]:
+  out = {}
+  for name in OVERRIDABLE:
+    if flags.FLAGS[name].present:
+      out[name] = flags.FLAGS[name].value
+  if out.get('source_workdir'):
+    out['source_workdir'] = os.path.abspath(out['source_workdir'])
+  return out
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  common.quiet_logging()
+  try:
+    evaluate_workdir(os.path.abspath(flags.FLAGS.workdir),
+                     **_overrides_from_flags())
+  except (common.ConfigError, data.DataError) as e:
+    common.fail(e)
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('workdir')
+  app.run(main)

@@ -1,0 +1,196 @@
+"""Tests for dynamic_at.checkpoint and exact resumption of a training run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dynamic_at import checkpoint
+from dynamic_at import models
+from dynamic_at import train
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+MNIST_DIR = SHARED_DATA / 'mnist'
+
+# Tests compile tiny models on CPU: XLA's backend optimisations cost more
+# compile time than they save at this size. All subprocess runs share one
+# persistent compilation cache.
+_FAST_XLA = ('--xla_backend_optimization_level=0 '
+             '--xla_llvm_disable_expensive_passes=true')
+
+
+def _require(path):
+  if not path.exists():
+    pytest.skip(f'shared data folder {path} is missing')
+
+
+@pytest.fixture(scope='session')
+def subprocess_env(tmp_path_factory):
+  env = dict(os.environ)
+  env.update(
+      PYTHONPATH=os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')]),
+      JAX_PLATFORMS='cpu', XLA_FLAGS=_FAST_XLA,
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() /
+                                    'jax_cache'),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  return env
+
+
+def _run(module, args, env, expect_ok=True):
+  proc = subprocess.run([sys.executable, '-m', module, *map(str, args)],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=600)
+  if expect_ok and proc.returncode:
+    raise AssertionError(f'{module} failed ({proc.returncode}):\n'
+                         f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
+  return proc
+
+
+def _state(seed=0):
+  tx = train.make_optimizer(learning_rate=0.1, momentum=0.9,
+                            weight_decay=1e-4, steps_per_epoch=2,
+                            lr_drop_epochs=(1,))
+  return train.create_train_state(models.get_model('mnist_cnn'),
+                                  jax.random.key(seed), (28, 28, 1), tx)
+
+
+def _stepped_state():
+  """A state after one update, so the momentum buffers are non-zero."""
+  state = _state()
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), state.params)
+  return state.apply_gradients(grads=grads)
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_roundtrip_is_bit_identical(tmp_path):
+  state = _stepped_state()
+  key = jax.random.key(42)
+  arrays = {'fosc': np.linspace(0, 1, 7).astype(np.float32), 'key': key}
+  meta = {'epoch': 3, 'k': 2, 'loss_sum': 0.1 + 0.2}
+  with checkpoint.Checkpointer(tmp_path / 'ckpt', max_to_keep=2) as ckpt:
+    assert ckpt.latest_step() is None
+    assert ckpt.save(7, state, arrays=arrays, meta=meta)
+  with checkpoint.Checkpointer(tmp_path / 'ckpt', read_only=True) as ckpt:
+    assert ckpt.latest_step() == 7
+    restored, got_arrays, got_meta = ckpt.restore(
+        _state(seed=1), arrays_target={'fosc': np.zeros(7, np.float32),
+                                       'key': jax.random.key(0)})
+  _assert_trees_equal(checkpoint.state_tree(restored),
+                      checkpoint.state_tree(state))
+  # optax's NamedTuples come back as themselves, not as lists.
+  assert type(restored.opt_state) is type(state.opt_state)
+  assert type(restored.opt_state[1][0]) is type(state.opt_state[1][0])
+  assert int(restored.step) == 1
+  np.testing.assert_array_equal(got_arrays['fosc'], arrays['fosc'])
+  assert jax.dtypes.issubdtype(got_arrays['key'].dtype, jax.dtypes.prng_key)
+  np.testing.assert_array_equal(jax.random.key_data(got_arrays['key']),
+                                jax.random.key_data(key))
+  assert got_meta == meta
+
+
+def test_keeps_last_n_and_skips_saved_step(tmp_path):
+  state = _state()
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+    for step in (1, 2, 3, 4):
+      assert ckpt.save(step, state, meta={'step': step})
+    ckpt.wait_until_finished()
+    assert not ckpt.save(4, state)
+    ckpt.wait_until_finished()
+    assert ckpt.all_steps() == (3, 4)
+    _, _, meta = ckpt.restore(state, step=3)
+  assert meta == {'step': 3}
+
+
+def test_restore_without_checkpoint_raises(tmp_path):
+  with checkpoint.Checkpointer(tmp_path / 'empty') as ckpt:
+    with pytest.raises(FileNotFoundError, match='no checkpoint'):
+      ckpt.restore(_state())
+
+
+def test_key_encoding_roundtrip():
+  tree = {'k': jax.random.key(3), 'x': jnp.arange(3)}
+  encoded = checkpoint.encode_keys(tree)
+  assert encoded['k'].dtype == jnp.uint32
+  decoded = checkpoint.decode_keys(encoded, tree)
+  np.testing.assert_array_equal(jax.random.key_data(decoded['k']),
+                                jax.random.key_data(tree['k']))
+  np.testing.assert_array_equal(decoded['x'], tree['x'])
+
+
+def _final_params(workdir):
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  config = common.load_saved_config(str(workdir))
+  template = common.initial_state(config, (28, 28, 1), 4)
+  with checkpoint.Checkpointer(Path(workdir) / 'checkpoints',
+                               read_only=True) as ckpt:
+    state, arrays, meta = ckpt.restore(
+        template, arrays_target={'fosc': np.zeros(4 * 64, np.float32)})
+  return state, arrays, meta
+
+
+_RUN_TIME_KEYS = ('epoch_time_s', 'train_time_s')
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path,
+                                                      subprocess_env):
+  """Uninterrupted vs stopped mid-epoch and resumed: identical parameters.
+
+  Curriculum with threshold 0 grows k after every epoch, so a resumed run
+  that lost k would attack differently; the eps warm-up changes eps per
+  epoch, loss weighting switches on after epoch 0, and the Keras-style
+  augmentation draws random numbers per batch.
+  """
+  _require(MNIST_DIR)
+  args = ['--data_dir', MNIST_DIR, '--method=curriculum',
+          '--curriculum_threshold=0', '--curriculum_start_steps=1',
+          '--curriculum_max_steps=3', '--eps_warmup_epochs=2',
+          '--loss_weighting', '--augment=keras', '--num_train_examples=256',
+          '--batch_size=64', '--num_epochs=2', '--num_eval_examples=8',
+          '--eval_batch_size=8', '--checkpoint_every_steps=3',
+          '--log_every_steps=2']
+  full, parts = tmp_path / 'full', tmp_path / 'parts'
+  _run('experiments.mnist', [f'--workdir={full}', *args], subprocess_env)
+  # Stop inside epoch 1 (4 steps per epoch), after a step checkpoint at 3.
+  _run('experiments.mnist', [f'--workdir={parts}', '--stop_after_steps=5',
+                             *args], subprocess_env)
+  assert not (parts / 'results.json').exists()
+  _, _, meta = _final_params(parts)
+  assert meta['step'] == 5 and meta['curriculum_k'] == 2
+  proc = _run('experiments.mnist', [f'--workdir={parts}', *args],
+              subprocess_env)
+  assert 'Resuming from step 5' in proc.stdout
+
+  state_a, arrays_a, meta_a = _final_params(full)
+  state_b, arrays_b, meta_b = _final_params(parts)
+  assert meta_a['step'] == meta_b['step'] == 8
+  _assert_trees_equal(checkpoint.state_tree(state_a),
+                      checkpoint.state_tree(state_b))
+  np.testing.assert_array_equal(arrays_a['fosc'], arrays_b['fosc'])
+  for name in ('epoch_0000.npy', 'epoch_0001.npy'):
+    np.testing.assert_array_equal(np.load(full / 'fosc' / name),
+                                  np.load(parts / 'fosc' / name))
+
+  def rows(workdir):
+    lines = (workdir / 'metrics.jsonl').read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items()
+             if k not in _RUN_TIME_KEYS} for line in lines]
+
+  assert rows(full) == rows(parts)
+  assert [r['num_steps'] for r in rows(full)] == [1, 2]
+  assert [r['eps'] for r in rows(full)] == pytest.approx([0.15, 0.3])
+  results_a = json.loads((full / 'results.json').read_text())
+  results_b = json.loads((parts / 'results.json').read_text())
+  assert results_a['white_box'] == results_b['white_box']

@@ -1,0 +1,431 @@
+"""Tests for the experiment entry points (experiments/).
+
+End-to-end runs go through ``python -m experiments.<main>`` in subprocesses on
+a few batches of the real shared data; flag and input checks run in-process
+through :func:`experiments.common.main_with_args`.
+"""
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynamic_at import data
+from experiments import common
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / 'experiments' / 'configs'
+SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+MNIST_DIR = SHARED_DATA / 'mnist'
+CIFAR_DIR = SHARED_DATA / 'cifar10-jpeg-subset'
+
+# Tests compile tiny models on CPU: XLA's backend optimisations cost more
+# compile time than they save at this size. All subprocess runs share one
+# persistent compilation cache.
+_FAST_XLA = ('--xla_backend_optimization_level=0 '
+             '--xla_llvm_disable_expensive_passes=true')
+
+# A tiny MNIST run: 4 steps per epoch, K = 2, 64 evaluation examples.
+TINY_MNIST = ['--num_train_examples=256', '--batch_size=64', '--num_steps=2',
+              '--num_eval_examples=64', '--eval_batch_size=8']
+
+RESULT_KEYS = {'dataset', 'method', 'white_box', 'black_box',
+               'num_eval_examples', 'flags', 'wall_time_s', 'devices',
+               'data_source', 'num_train_examples'}
+ROW_KEYS = {'epoch', 'train_loss', 'train_accuracy', 'steps_mean',
+            'steps_max', 'iters_max', 'c_t', 'num_steps', 'eps', 'lr',
+            'epoch_time_s', 'train_time_s'}
+
+
+def _require(path):
+  if not path.exists():
+    pytest.skip(f'shared data folder {path} is missing')
+
+
+@pytest.fixture(scope='session')
+def subprocess_env(tmp_path_factory):
+  env = dict(os.environ)
+  env.update(
+      PYTHONPATH=os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')]),
+      JAX_PLATFORMS='cpu', XLA_FLAGS=_FAST_XLA,
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() /
+                                    'jax_cache'),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  return env
+
+
+def _run(module, args, env, expect_ok=True):
+  proc = subprocess.run([sys.executable, '-m', module, *map(str, args)],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=600)
+  if expect_ok and proc.returncode:
+    raise AssertionError(f'{module} failed ({proc.returncode}):\n'
+                         f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
+  return proc
+
+
+def _main(args, dataset='mnist'):
+  return common.main_with_args([dataset, *map(str, args)], dataset)
+
+
+def _snapshot(folder):
+  """Every file under ``folder`` with its bytes and modification time."""
+  out = {}
+  for path in sorted(Path(folder).rglob('*')):
+    if path.is_file():
+      out[str(path)] = (path.read_bytes(), path.stat().st_mtime_ns)
+  return out
+
+
+def _is_png(path):
+  return Path(path).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# ---------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def mnist_run(tmp_path_factory, subprocess_env):
+  """A finished 2-epoch Dynamic run from the paper's MNIST flagfile."""
+  _require(MNIST_DIR)
+  workdir = tmp_path_factory.mktemp('mnist_run') / 'run'
+  proc = _run('experiments.mnist', [
+      f'--flagfile={CONFIGS / "mnist_dynamic.flags"}', f'--workdir={workdir}',
+      f'--data_dir={MNIST_DIR}', '--num_epochs=2', *TINY_MNIST,
+      '--eval_every=1', '--eval_every_examples=16',
+      '--checkpoint_every_steps=3'], subprocess_env)
+  return workdir, proc
+
+
+def test_mnist_end_to_end(mnist_run):
+  workdir, proc = mnist_run
+  assert 'WARNING: training on 256 MNIST images, not 60,000' in proc.stderr
+  assert '| white-box |' in proc.stdout
+
+  rows = common.read_metrics(str(workdir))
+  assert [r['epoch'] for r in rows] == [0, 1]
+  for row in rows:
+    assert ROW_KEYS <= set(row)
+    assert {'test_clean', 'test_pgd20'} <= set(row)
+    assert row['num_steps'] == 2 and 0 < row['steps_mean'] <= 2
+  assert rows[0]['c_t'] == pytest.approx(0.5)
+  assert rows[1]['c_t'] == pytest.approx(0.5 - 0.5 / 40)
+
+  results = json.loads((workdir / 'results.json').read_text())
+  assert RESULT_KEYS <= set(results)
+  assert results['dataset'] == 'mnist' and results['method'] == 'dynamic'
+  assert set(results['white_box']) >= {'clean', 'fgsm', 'pgd10', 'pgd20',
+                                       'cw_inf'}
+  assert results['black_box'] is None
+  assert results['num_eval_examples'] == 64
+  assert results['num_train_examples'] == 256
+  assert results['flags']['t_prime'] == 40 and results['flags']['eps'] == 0.3
+  assert 'first 256 of 60000' in results['data_source']['train']
+  assert (workdir / 'results.md').exists()
+
+  saved = json.loads((workdir / 'flags.json').read_text())
+  assert saved['method'] == 'dynamic' and saved['num_epochs'] == 2
+  for name in ('fosc_histograms.png', 'training_curves.png'):
+    assert _is_png(workdir / name)
+  assert list((workdir / 'tb').glob('events.out.tfevents.*'))
+  fosc = np.load(workdir / 'fosc' / 'epoch_0001.npy')
+  assert fosc.shape == (256,) and np.all(np.isfinite(fosc))
+  assert np.all(fosc >= 0)
+  # Epoch ends (4, 8) and every 3 steps; the newest 3 are kept.
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  assert steps == [4, 6, 8]
+
+
+def test_evaluate_entry_point_black_box(mnist_run, tmp_path, subprocess_env):
+  workdir, _ = mnist_run
+  target = tmp_path / 'target'
+  shutil.copytree(workdir, target)
+  proc = _run('experiments.evaluate', [
+      f'--workdir={target}', f'--source_workdir={workdir}',
+      '--num_eval_examples=16', f'--data_dir={MNIST_DIR}'], subprocess_env)
+  assert '| black-box |' in proc.stdout
+  results = json.loads((target / 'results.json').read_text())
+  assert RESULT_KEYS <= set(results)
+  assert results['num_eval_examples'] == 16
+  assert set(results['black_box']) == {'fgsm', 'pgd10', 'pgd20', 'cw_inf'}
+  # The source is the target itself: transfer equals white-box.
+  for attack, acc in results['black_box'].items():
+    assert acc == results['white_box'][attack]
+  assert results['flags']['method'] == 'dynamic'
+  assert results['step'] == 8
+
+
+def test_cifar10_end_to_end(tmp_path, subprocess_env):
+  _require(CIFAR_DIR)
+  workdir = tmp_path / 'run'
+  proc = _run('experiments.cifar10', [
+      f'--flagfile={CONFIGS / "cifar10_standard.flags"}',
+      f'--workdir={workdir}', f'--data_dir={CIFAR_DIR}', '--num_epochs=1',
+      '--num_train_examples=32', '--batch_size=16', '--num_steps=1',
+      '--num_eval_examples=8', '--eval_batch_size=8', '--eval_every=0'],
+      subprocess_env)
+  assert 'WARNING: training on 32 CIFAR-10 images' in proc.stderr
+  results = json.loads((workdir / 'results.json').read_text())
+  assert RESULT_KEYS <= set(results)
+  assert results['dataset'] == 'cifar10'
+  assert results['flags']['augment'] == 'crop_flip'
+  assert results['flags']['eps'] == pytest.approx(8 / 255)
+  rows = common.read_metrics(str(workdir))
+  assert len(rows) == 1 and rows[0]['c_t'] is None
+  assert _is_png(workdir / 'training_curves.png')
+
+
+def test_tfds_mock_training_in_process(tmp_path):
+  """Without --data_dir the data comes from TFDS (here its mock); two epochs
+  with changing c_t, eps and loss weighting compile the step once."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  config = common.Config(
+      dataset='mnist', workdir=str(tmp_path / 'run'), method='dynamic',
+      num_epochs=2, batch_size=32, num_steps=2, eps_warmup_epochs=2,
+      loss_weighting=True, eval_batch_size=32, eval_every=0)
+  with tfds.testing.mock_data(num_examples=64,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    train_ds, test_ds = common.prepare(config)
+  assert train_ds.source.startswith('tfds mnist')
+  result = common.train_loop(config, train_ds=train_ds, test_ds=test_ds)
+  assert result.finished and result.step == 4
+  assert result.num_traces == 1
+  rows = common.read_metrics(config.workdir)
+  assert [r['eps'] for r in rows] == pytest.approx([0.15, 0.3])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  _require(MNIST_DIR)
+  config = common.Config(
+      dataset='mnist', workdir=str(tmp_path / 'run'), data_dir=str(MNIST_DIR),
+      method='unsecured', num_epochs=1, batch_size=64, num_train_examples=256,
+      learning_rate=1e30, log_every_steps=1, checkpoint_every_steps=1,
+      eval_batch_size=64)
+  train_ds, test_ds = common.prepare(config)
+  with pytest.raises(common.TrainingDivergedError,
+                     match='training loss is nan at step 2.*last good '
+                     'checkpoint is step 1'):
+    common.train_loop(config, train_ds=train_ds, test_ds=test_ds)
+  steps = [p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()]
+  assert steps == ['1']
+  assert not (tmp_path / 'run' / 'metrics.jsonl').exists()
+
+
+def test_chance_loss_warning(capsys):
+  config = common.Config(dataset='mnist', workdir='/w', method='standard')
+  common._chance_warning(config, {'train_loss': 2.3026}, 'after epoch 1')
+  assert '--eps_warmup_epochs' in capsys.readouterr().err
+  common._chance_warning(config, {'train_loss': 0.9}, 'after epoch 1')
+  common._chance_warning(config.replace(method='unsecured'),
+                         {'train_loss': 2.3026}, 'after epoch 1')
+  assert not capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Workdir reuse
+# ---------------------------------------------------------------------------
+
+
+def test_refuses_workdir_with_different_flags(mnist_run):
+  workdir, _ = mnist_run
+  before = _snapshot(workdir)
+  with pytest.raises(common.ConfigError) as err:
+    _main([f'--flagfile={CONFIGS / "mnist_dynamic.flags"}',
+           f'--workdir={workdir}', f'--data_dir={MNIST_DIR}',
+           '--num_epochs=2', *TINY_MNIST, '--eps=0.2', '--num_steps=3'])
+  message = str(err.value)
+  assert '--eps: saved 0.3, now 0.2' in message
+  assert '--num_steps: saved 2, now 3' in message
+  assert '--method:' not in message and '--num_epochs:' not in message
+  assert _snapshot(workdir) == before
+
+
+def test_flag_differences_ignores_resumable_flags():
+  config = common.Config(dataset='mnist', workdir='/a', num_epochs=5)
+  saved = config.to_dict()
+  changed = config.replace(workdir='/b', num_epochs=9, data_dir='/d',
+                           eval_every=2, stop_after_steps=3,
+                           checkpoint_every_steps=7, source_workdir='/s')
+  assert common.flag_differences(saved, changed) == []
+  assert common.flag_differences(saved, config.replace(seed=1)) == [
+      ('seed', 0, 1)]
+  # A flag missing from an older flags.json counts as its default.
+  del saved['keras_decay']
+  assert common.flag_differences(saved, config) == []
+  assert common.flag_differences(saved, config.replace(keras_decay=1e-4))
+
+
+# ---------------------------------------------------------------------------
+# Bad inputs: one clear error naming the flag or file, before training
+# ---------------------------------------------------------------------------
+
+
+def test_unknown_method_is_rejected(tmp_path, subprocess_env):
+  proc = _run('experiments.mnist', [f'--workdir={tmp_path / "w"}',
+                                    '--method=bogus'], subprocess_env,
+              expect_ok=False)
+  assert proc.returncode != 0
+  assert '--method=bogus' in proc.stderr
+  assert 'unsecured|standard|curriculum|dynamic' in proc.stderr
+  assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('eps', ['0', '1.5', '-0.1'])
+def test_eps_outside_unit_interval_is_rejected(tmp_path, eps):
+  with pytest.raises(common.ConfigError, match=f'--eps={float(eps)} is '
+                     r'outside \(0, 1\]'):
+    _main([f'--workdir={tmp_path / "w"}', f'--eps={eps}',
+           f'--data_dir={MNIST_DIR}'])
+  assert not (tmp_path / 'w').exists()
+
+
+def test_batch_size_not_divisible_by_devices(tmp_path, subprocess_env):
+  env = dict(subprocess_env)
+  env['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=2'
+  proc = _run('experiments.mnist', [
+      f'--workdir={tmp_path / "w"}', '--batch_size=63',
+      f'--data_dir={MNIST_DIR}'], env, expect_ok=False)
+  assert proc.returncode == 1
+  assert ('ERROR: --batch_size=63 is not divisible by the number of devices '
+          '(2)') in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'w').exists()
+
+
+def _copy_mnist(folder):
+  _require(MNIST_DIR)
+  folder.mkdir()
+  for path in MNIST_DIR.iterdir():
+    shutil.copyfile(path, folder / path.name)
+  return folder
+
+
+def test_missing_data_file_is_named(tmp_path):
+  folder = _copy_mnist(tmp_path / 'mnist')
+  (folder / 'train-images-idx3-ubyte.gz').unlink()
+  with pytest.raises(data.DataError, match='train-images-idx3-ubyte'):
+    _main([f'--workdir={tmp_path / "w"}', f'--data_dir={folder}'])
+  assert not (tmp_path / 'w').exists()
+
+
+def test_truncated_data_file_is_named(tmp_path):
+  folder = _copy_mnist(tmp_path / 'mnist')
+  path = folder / 't10k-labels-idx1-ubyte.gz'
+  raw = gzip.decompress(path.read_bytes())
+  path.write_bytes(gzip.compress(raw[:-100]))
+  with pytest.raises(data.DataError) as err:
+    _main([f'--workdir={tmp_path / "w"}', f'--data_dir={folder}',
+           '--num_train_examples=256'])
+  assert str(path) in str(err.value) and 'truncated' in str(err.value)
+  assert not (tmp_path / 'w').exists()
+
+
+def test_unwritable_workdir_is_named(tmp_path):
+  _require(MNIST_DIR)
+  # A path below a regular file cannot be created, even by root (for whom
+  # chmod does not stop writes).
+  blocker = tmp_path / 'file.txt'
+  blocker.write_text('not a folder')
+  with pytest.raises(common.ConfigError, match='--workdir=.*file.txt/sub'):
+    _main([f'--workdir={blocker / "sub"}', f'--data_dir={MNIST_DIR}',
+           '--num_train_examples=256'])
+  if os.geteuid() != 0:
+    locked = tmp_path / 'locked'
+    locked.mkdir(mode=0o500)
+    with pytest.raises(common.ConfigError, match='--workdir=.*locked'):
+      _main([f'--workdir={locked}', f'--data_dir={MNIST_DIR}',
+             '--num_train_examples=256'])
+
+
+def test_source_workdir_must_be_a_run(tmp_path):
+  with pytest.raises(common.ConfigError, match='--source_workdir='):
+    _main([f'--workdir={tmp_path / "w"}', f'--data_dir={MNIST_DIR}',
+           f'--source_workdir={tmp_path}'])
+  assert not (tmp_path / 'w').exists()
+
+
+# ---------------------------------------------------------------------------
+# Flagfiles and small helpers
+# ---------------------------------------------------------------------------
+
+
+def _parse(dataset, args):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.unparse_flags()
+  common.set_dataset_defaults(dataset)
+  rest = flags.FLAGS([dataset, *args])
+  assert rest == [dataset], f'flagfile left positional arguments {rest}'
+  return common.config_from_flags(dataset)
+
+
+@pytest.mark.parametrize('path', sorted(CONFIGS.glob('*.flags')),
+                         ids=lambda p: p.stem)
+def test_flagfiles(path):
+  dataset = path.stem.split('_')[0]
+  method = path.stem.split('_')[-1]
+  config = _parse(dataset, [f'--flagfile={path}', '--workdir=/tmp/unused'])
+  common.validate_config(config)
+  assert config.method == method
+  assert config.batch_size == 128 and config.num_steps == 10
+  assert config.momentum == 0.9 and config.c_max == 0.5
+  assert config.step_size == pytest.approx(config.eps / 4)
+  if dataset == 'mnist':
+    assert (config.eps, config.num_epochs, config.t_prime) == (0.3, 50, 40)
+    assert config.lr_drop_epochs == (20, 40) and config.weight_decay == 0
+    assert config.curriculum_max_steps == 40 and config.augment == 'none'
+  else:
+    assert config.eps == pytest.approx(8 / 255)
+    assert (config.num_epochs, config.t_prime) == (120, 100)
+    assert config.lr_drop_epochs == (60, 100)
+    assert config.weight_decay == 1e-4 and config.augment == 'crop_flip'
+    assert config.curriculum_max_steps == 7
+    assert config.model == ('wrn' if '_wrn_' in path.name else 'cifar10_cnn')
+  # A later command-line flag overrides the file.
+  assert _parse(dataset, [f'--flagfile={path}', '--workdir=/tmp/unused',
+                          '--eps=0.1']).eps == 0.1
+
+
+def test_dataset_defaults_without_flagfile():
+  mnist = _parse('mnist', ['--workdir=/tmp/unused'])
+  cifar = _parse('cifar10', ['--workdir=/tmp/unused'])
+  assert (mnist.model, mnist.eps, mnist.augment) == ('mnist_cnn', 0.3, 'none')
+  assert mnist.step_size == pytest.approx(0.075)
+  assert (cifar.model, cifar.augment) == ('cifar10_cnn', 'crop_flip')
+  assert cifar.eps == pytest.approx(8 / 255)
+  assert cifar.lr_drop_epochs == (60, 100)
+
+
+def test_eps_warmup_and_learning_rate():
+  config = common.Config(dataset='mnist', workdir='/w', eps=0.3,
+                         eps_warmup_epochs=3, lr_drop_epochs=(2, 4),
+                         learning_rate=0.1)
+  assert [common.epoch_eps(config, t) for t in range(5)] == pytest.approx(
+      [0.1, 0.2, 0.3, 0.3, 0.3])
+  ap = common.epoch_attack_params(config, 0, 1)
+  assert float(ap.step_size) == pytest.approx(0.1 / 4)
+  assert [common.learning_rate(config, t, 0) for t in (0, 2, 4)] == (
+      pytest.approx([0.1, 0.01, 0.001]))
+
+
+def test_keras_augmentation_is_deterministic():
+  pytest.importorskip('scipy')
+  config = common.Config(dataset='cifar10', workdir='/w', model='cifar10_cnn',
+                         augment='keras')
+  images = np.random.default_rng(0).random((4, 32, 32, 3), np.float32)
+  a = common.augment(config, images, epoch=1, batch_index=2)
+  b = common.augment(config, images, epoch=1, batch_index=2)
+  c = common.augment(config, images, epoch=1, batch_index=3)
+  assert a.shape == images.shape and a.dtype == images.dtype
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c) and not np.array_equal(a, images)
+  assert a.min() >= 0.0 and a.max() <= 1.0
