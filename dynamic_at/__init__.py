@@ -5,6 +5,13 @@ Adversarial Training", ICML 2019. The public API is this list; the modules
 behind it are private.
 """
 
+from dynamic_at._apgd import apgd
+from dynamic_at._apgd import apgd_checkpoints
+from dynamic_at._apgd import apgd_targeted
+from dynamic_at._apgd import APGDInfo
+from dynamic_at._apgd import dlr_loss
+from dynamic_at._apgd import dlr_targeted_loss
+from dynamic_at._apgd import worst_case
 from dynamic_at._attacks import cw_inf
 from dynamic_at._attacks import fgsm
 from dynamic_at._attacks import input_grad
@@ -23,6 +30,8 @@ from dynamic_at._losses import xent
 __version__ = '0.1.0'
 
 __all__ = (
+    'apgd', 'apgd_checkpoints', 'apgd_targeted', 'APGDInfo', 'dlr_loss',
+    'dlr_targeted_loss', 'worst_case',
     'cw_inf', 'cw_margin', 'fgsm', 'fosc', 'fosc_threshold', 'get_loss',
     'input_grad', 'LogitsFn', 'pgd', 'pgd10', 'pgd20', 'PGDInfo',
     'random_start_point', 'xent',

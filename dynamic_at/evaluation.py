@@ -30,24 +30,38 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from dynamic_at import _apgd
 from dynamic_at import _attacks
 from dynamic_at import parallel
 
 ApplyFn = Callable[..., jax.Array]
 
 PAPER_ATTACKS = ('clean', 'fgsm', 'pgd10', 'pgd20', 'cw_inf')
+# The paper's attacks plus AutoAttack's parameter-free APGD (Croce & Hein
+# 2020): APGD-CE and APGD-T (targeted DLR, 9 target classes), 100 steps each.
+STRONG_ATTACKS = PAPER_ATTACKS + ('apgd_ce', 'apgd_t')
 
 WORST_CASE = 'worst_case'
 
 # Each attack folds its own fixed number into the batch key, so an attack's
 # random start does not depend on which other attacks run or in what order.
-_ATTACK_IDS = {name: i for i, name in enumerate(PAPER_ATTACKS)}
+_ATTACK_IDS = {name: i for i, name in enumerate(STRONG_ATTACKS)}
+
+def _apgd_t(logits_fn, x, y, key, *, eps):
+  """APGD-T with AutoAttack's 9 target classes (fewer if the model has
+  fewer than 10 classes)."""
+  num_classes = jax.eval_shape(logits_fn, x).shape[-1]
+  return _apgd.apgd_targeted(logits_fn, x, y, key, eps=eps,
+                             num_targets=min(9, num_classes - 1))
+
 
 _ATTACK_FNS = {
     'fgsm': _attacks.fgsm,
     'pgd10': _attacks.pgd10,
     'pgd20': _attacks.pgd20,
     'cw_inf': _attacks.cw_inf,
+    'apgd_ce': functools.partial(_apgd.apgd, loss='ce'),
+    'apgd_t': _apgd_t,
 }
 
 _DISPLAY_NAMES = {
@@ -56,6 +70,8 @@ _DISPLAY_NAMES = {
     'pgd10': 'PGD-10',
     'pgd20': 'PGD-20',
     'cw_inf': 'CW-inf',
+    'apgd_ce': 'APGD-CE',
+    'apgd_t': 'APGD-T',
     WORST_CASE: 'Worst case',
 }
 
@@ -107,7 +123,7 @@ def _batch_correct(variables: Any, source_variables: Any, x: jax.Array,
     apply_fn: the target model's ``apply``.
     source_apply_fn: the source model's ``apply`` (black-box) or ``None``
       (white-box: the attack sees the target model).
-    attack: a name of :data:`PAPER_ATTACKS`.
+    attack: a name of :data:`STRONG_ATTACKS`.
 
   Returns:
     ``bool[B]``.
@@ -130,7 +146,7 @@ def _check_attacks(attacks: Sequence[str]) -> Tuple[str, ...]:
   attacks = tuple(attacks)
   unknown = [a for a in attacks if a not in _ATTACK_IDS]
   if unknown:
-    raise ValueError(f'unknown attacks {unknown}; valid: {PAPER_ATTACKS}')
+    raise ValueError(f'unknown attacks {unknown}; valid: {STRONG_ATTACKS}')
   if len(set(attacks)) != len(attacks):
     raise ValueError(f'attacks has duplicates: {attacks}')
   if not attacks:
@@ -194,10 +210,11 @@ def evaluate(apply_fn: ApplyFn,
     key: PRNG key of the random starts.
     batch_size: examples per batch.
     mesh: device mesh (:func:`dynamic_at.parallel.make_mesh`) or ``None``.
-    attacks: names from :data:`PAPER_ATTACKS`.
+    attacks: names from :data:`STRONG_ATTACKS`.
     source: ``(source_apply_fn, source_variables)``: also measure black-box
       accuracy, i.e. the target's accuracy on examples crafted on the source
-      model with each attack except ``'clean'``.
+      model with each of the paper's attacks except ``'clean'`` (APGD is
+      white-box only).
 
   Returns:
     ``{'white_box': {attack: accuracy}, 'black_box': {attack: accuracy} or
@@ -234,7 +251,9 @@ def evaluate(apply_fn: ApplyFn,
     source_apply_fn = _static_fn(source_apply_fn)
     if mesh is not None:
       source_variables = parallel.replicate(source_variables, mesh)
-    black_attacks = tuple(a for a in attacks if a != 'clean')
+    # Table 2's transfer attacks; APGD is a white-box evaluation here.
+    black_attacks = tuple(a for a in attacks
+                          if a != 'clean' and a in PAPER_ATTACKS)
   apply_fn = _static_fn(apply_fn)
   eps = np.float32(eps)  # numpy scalars: fine as jit inputs on every host
 
@@ -370,7 +389,7 @@ def sanity_warnings(results: Mapping[str, Any], *,
 
 def _columns(white: Mapping[str, float],
              black: Mapping[str, float]) -> List[str]:
-  order = list(PAPER_ATTACKS) + [WORST_CASE]
+  order = list(STRONG_ATTACKS) + [WORST_CASE]
   names = list(white) + [a for a in black if a not in white]
   return sorted(names, key=lambda a: (order.index(a) if a in order
                                       else len(order), a))

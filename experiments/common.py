@@ -59,7 +59,8 @@ from dynamic_at import train
 
 DATASETS = ('mnist', 'cifar10')
 AUGMENTATIONS = ('none', 'crop_flip', 'keras')
-ATTACK_SETS = {'paper': evaluation.PAPER_ATTACKS}
+ATTACK_SETS = {'paper': evaluation.PAPER_ATTACKS,
+               'strong': evaluation.STRONG_ATTACKS}
 # Models each dataset accepts.
 DATASET_MODELS = {'mnist': ('mnist_cnn',), 'cifar10': ('cifar10_cnn', 'wrn')}
 
@@ -191,7 +192,10 @@ _EVAL_EVERY_EXAMPLES = flags.DEFINE_integer(
     'eval_every_examples', 1000, 'Test examples of the per-epoch evaluation.')
 _ATTACKS = flags.DEFINE_enum('attacks', 'paper', tuple(ATTACK_SETS),
                              'Attack set of the final evaluation: paper = '
-                             'clean, FGSM, PGD-10, PGD-20, CW-inf.')
+                             'clean, FGSM, PGD-10, PGD-20, CW-inf; strong = '
+                             'those plus APGD-CE and APGD-T (AutoAttack, 100 '
+                             'steps, 9 targets) and the per-example worst '
+                             'case over all of them.')
 _LOG_EVERY_STEPS = flags.DEFINE_integer(
     'log_every_steps', 50, 'Fetch metrics from the devices (and check for '
     'NaN) every this many steps.')

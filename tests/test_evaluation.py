@@ -103,6 +103,22 @@ def test_worst_case(paper_results):
   assert 'worst_case' not in r['white_box']
 
 
+def test_strong_worst_case_over_apgd_and_paper_attacks():
+  r = _eval(attacks=evaluation.STRONG_ATTACKS, source=(_MLP.apply, _MLP_VARS))
+  white, per = r['white_box'], r['per_example']['white_box']
+  assert set(white) == set(evaluation.STRONG_ATTACKS) | {'worst_case'}
+  for name in evaluation.STRONG_ATTACKS:
+    assert white['worst_case'] <= white[name], name
+  np.testing.assert_array_equal(
+      per['worst_case'],
+      np.logical_and.reduce([per[a] for a in evaluation.STRONG_ATTACKS]))
+  # APGD is at least as strong as PGD-20 here, and black-box stays the
+  # paper's transfer attacks.
+  assert white['apgd_ce'] <= white['pgd20'] + 1e-9
+  assert set(r['black_box']) == set(evaluation.PAPER_ATTACKS) - {'clean'}
+  assert 'APGD-T' in evaluation.results_markdown(r, title='t')
+
+
 def test_batching_does_not_change_deterministic_attacks():
   """The padded last batch (37 = 16 + 16 + 5) gives exactly what one batch
   of 37 gives, for the deterministic clean and FGSM evaluations."""
