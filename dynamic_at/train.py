@@ -163,7 +163,8 @@ def _inference_logits_fn(state: TrainState) -> Callable[[jax.Array],
 
 
 def sharded_pgd(mesh: Optional[Mesh],
-                fosc_centre_random_start: bool = False) -> Callable[..., Any]:
+                fosc_centre_random_start: bool = False,
+                compact: Any = False) -> Callable[..., Any]:
   """``pgd`` run per device under ``shard_map`` (or directly without a mesh).
 
   Each device runs its own ``while_loop`` on its slice of the batch, so under
@@ -177,6 +178,8 @@ def sharded_pgd(mesh: Optional[Mesh],
     mesh: the device mesh, or ``None`` to call ``pgd`` directly.
     fosc_centre_random_start: centre the FOSC on the random start, as the
       authors' code does, instead of on the clean example (the paper).
+    compact: ``pgd``'s ``compact`` (evaluate only the still-active examples,
+      in bucketed buffer sizes), per device.
 
   Returns:
     ``f(state, x0, x_start, y, attack_params) -> (x_adv, PGDInfo)``.
@@ -187,7 +190,8 @@ def sharded_pgd(mesh: Optional[Mesh],
                         eps=ap.eps, step_size=ap.step_size,
                         num_steps=ap.num_steps, c_stop=ap.c_stop,
                         random_start=False, x_start=x_start,
-                        fosc_center=x_start if fosc_centre_random_start else None)
+                        fosc_center=x_start if fosc_centre_random_start else None,
+                        compact=compact)
 
   def per_device(state, x0, x_start, y, ap):
     x, info = attack(state, x0, x_start, y, ap)
@@ -206,7 +210,8 @@ def sharded_pgd(mesh: Optional[Mesh],
 
 
 def make_train_step(method: str, mesh: Optional[Mesh] = None, *,
-                    fosc_centre_random_start: bool = False
+                    fosc_centre_random_start: bool = False,
+                    compact: Any = None
                     ) -> Callable[..., Tuple[TrainState, Dict[str, Any]]]:
   """Builds the (uncompiled) training step of ``method``.
 
@@ -216,6 +221,15 @@ def make_train_step(method: str, mesh: Optional[Mesh] = None, *,
       for single-device use without a mesh).
     fosc_centre_random_start: the authors' code centres the FOSC on the
       random start rather than on the clean example; off by default (paper).
+    compact: ``pgd``'s ``compact``: the attack evaluates only its still-active
+      examples (bucketed buffer sizes), so FOSC early stopping saves wall
+      time even when a few examples run all K steps (the loop itself runs
+      until the slowest one stops). ``None`` (default): on for ``dynamic``,
+      off for the other methods, which never stop an example early. Measured
+      on real MNIST (batch 128, 2 CPU cores, ``benchmarks/dynamic_savings``):
+      Dynamic's step time 0.76x at c_t 0.5 and 0.92x at c_t 0.25 (the loop
+      ran 10 trips in every step either way); with every example active the
+      overhead was within noise (0.995x) and compilation 5 s -> 7.5 s.
 
   The authors' Keras code also weights each adversarial example's loss by its
   own inference-mode cross-entropy after the first epoch; the step does that
@@ -233,7 +247,9 @@ def make_train_step(method: str, mesh: Optional[Mesh] = None, *,
   if method not in METHODS:
     raise ValueError(f'method must be one of {METHODS}; got {method!r}')
   adversarial = method != 'unsecured'
-  attack = sharded_pgd(mesh, fosc_centre_random_start)
+  if compact is None:
+    compact = method == 'dynamic'
+  attack = sharded_pgd(mesh, fosc_centre_random_start, compact)
 
   def train_step(state: TrainState, batch, key: jax.Array,
                  ap: AttackParams, weighted=False):

@@ -34,12 +34,13 @@ def _data(batch=16, seed=0, low=0.0, high=1.0):
   return x0, y
 
 
-@functools.partial(jax.jit, static_argnames=('random_start', 'loss'))
+@functools.partial(jax.jit, static_argnames=('random_start', 'loss',
+                                             'compact'))
 def _pgd_mlp(params, x0, y, key, eps, step_size, num_steps, c_stop,
-             random_start=True, loss='xent'):
+             random_start=True, loss='xent', compact=False):
   return dat.pgd(functools.partial(_mlp, params), x0, y, key, eps=eps,
                  step_size=step_size, num_steps=num_steps, c_stop=c_stop,
-                 random_start=random_start, loss=loss)
+                 random_start=random_start, loss=loss, compact=compact)
 
 
 def test_losses_by_hand():
@@ -139,7 +140,10 @@ def _reference_pgd(params, x0, y, start, eps, step, num_steps, c_stop):
   return x, steps, frozen_at, np.stack(fosc_hist)
 
 
-def test_matches_python_reference_and_frozen_examples_never_move():
+# compact=2: the still-active examples are gathered into buffers of 32, 16,
+# 8, 4 or 2 rows, whichever fits; the results must not change.
+@pytest.mark.parametrize('compact', [False, 2])
+def test_matches_python_reference_and_frozen_examples_never_move(compact):
   params = _mlp_params()
   x0, y = _data(32, low=0.2, high=0.8)
   eps, step, num_steps = 0.1, 0.025, 10
@@ -159,7 +163,7 @@ def test_matches_python_reference_and_frozen_examples_never_move():
       params, x0, y, x_start, eps, step, num_steps, c_stop)
   assert len(set(steps_ref.tolist())) > 2, 'threshold exercises too little'
   x_jit, info = _pgd_mlp(params, x0, y, jax.random.key(1), eps, step,
-                         num_steps, c_stop)
+                         num_steps, c_stop, compact=compact)
   np.testing.assert_array_equal(info.steps, steps_ref)
   np.testing.assert_allclose(x_jit, x_ref, rtol=0, atol=1e-6)
   assert int(info.num_iters) == int(steps_ref.max())
@@ -171,7 +175,8 @@ def test_matches_python_reference_and_frozen_examples_never_move():
   # The jitted loop's own trajectory: runs with 0..K steps from the same key
   # are its prefixes; once an example is frozen its point never changes.
   traj = [
-      _pgd_mlp(params, x0, y, jax.random.key(1), eps, step, n, c_stop)
+      _pgd_mlp(params, x0, y, jax.random.key(1), eps, step, n, c_stop,
+               compact=compact)
       for n in range(num_steps + 1)
   ]
   for n in range(1, num_steps + 1):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -276,3 +278,25 @@ def test_get_model_unknown_name_raises():
 def test_count_params_concrete():
     params = {"a": jnp.zeros((2, 3)), "b": {"c": jnp.zeros((4,))}}
     assert count_params(params) == 10
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 1))])
+def test_fast_conv_matches_lax_conv_and_its_gradients(padding):
+    """models.conv_general_dilated (custom input gradient) == lax's conv."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 7, 6, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.float32)
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def loss(conv, x_, w_):
+        out = conv(x_, w_, (1, 1), padding, dimension_numbers=dn)
+        return jnp.sum(jnp.sin(out))
+
+    ours = jax.jit(jax.grad(functools.partial(loss, models.conv_general_dilated), (0, 1)))
+    ref = jax.jit(jax.grad(functools.partial(loss, jax.lax.conv_general_dilated), (0, 1)))
+    np.testing.assert_allclose(
+        models.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn),
+        jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn),
+        rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours(x, w), ref(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,163 @@
+"""Shared helpers of the benchmarks: A/B timing and the machine line.
+
+The project's timing rule: time the sides alternately (A, B, A, B, ...) on
+the same warm process and report the median of the pairwise ratios, so that
+load from other processes on a shared machine hits both sides alike.
+"""
+
+import os
+import platform
+import re
+import time
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+
+def block(out):
+  """Waits for a result: JAX arrays (any pytree) or anything else as is."""
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.block_until_ready(out)
+  except ImportError:
+    return out
+
+
+def time_call(fn: Callable[[], object]) -> float:
+  """Seconds one call of ``fn()`` takes, result ready (``block``)."""
+  t = time.perf_counter()
+  block(fn())
+  return time.perf_counter() - t
+
+
+def alternate(sides: Mapping[str, Callable[[], object]], rounds: int,
+              warmup: int = 2, reps: int = 1) -> Dict[str, List[float]]:
+  """Times every side once per round, in turn, after ``warmup`` rounds.
+
+  Args:
+    sides: name -> zero-argument callable (it runs one unit of work).
+    rounds: timed rounds; each gives one time per side.
+    warmup: untimed rounds first (compilation, caches, thread pools).
+    reps: calls per timed sample (the sample is their mean).
+
+  Returns:
+    name -> list of ``rounds`` seconds per call.
+  """
+  for _ in range(warmup):
+    for fn in sides.values():
+      time_call(fn)
+  out = {name: [] for name in sides}
+  for _ in range(rounds):
+    for name, fn in sides.items():
+      t = time.perf_counter()
+      for _ in range(reps):
+        block(fn())
+      out[name].append((time.perf_counter() - t) / reps)
+  return out
+
+
+def median_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+  """Median over rounds of ``num[i] / den[i]`` (the project's A/B rule)."""
+  return float(np.median(np.asarray(num) / np.asarray(den)))
+
+
+def ms(ts: Sequence[float]) -> float:
+  return 1e3 * float(np.median(ts))
+
+
+def _cpuinfo() -> Dict[str, str]:
+  info = {}
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if ':' in line:
+          k, v = line.split(':', 1)
+          info.setdefault(k.strip(), v.strip())
+  except OSError:
+    pass
+  return info
+
+
+def cpu_description() -> Dict[str, object]:
+  """CPU model, MHz, vector flags and core count from ``/proc/cpuinfo``."""
+  info = _cpuinfo()
+  flags = set(info.get('flags', '').split())
+  vec = [f for f in ('avx512f', 'avx512_bf16', 'avx512_vnni', 'avx2', 'fma')
+         if f in flags]
+  return {
+      'model': info.get('model name', platform.processor() or 'unknown'),
+      'mhz': float(info['cpu MHz']) if 'cpu MHz' in info else None,
+      'flags': vec,
+      'cores': os.cpu_count(),
+  }
+
+
+def peak_flops_per_cycle_f32(flags: Sequence[str]) -> int:
+  """Theoretical float32 FLOP per cycle per core from the vector width,
+  assuming two FMA units (2 FMA x lanes x 2 FLOP). A guess: some cores have
+  one 512-bit FMA unit or split 512-bit ops into two 256-bit halves."""
+  lanes = 16 if 'avx512f' in flags else 8 if 'avx2' in flags else 4
+  return 2 * lanes * 2
+
+
+def versions() -> str:
+  parts = []
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+    parts.append(f'jax {jax.__version__}')
+  except ImportError:
+    pass
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    parts.append(f'torch {torch.__version__} ({torch.get_num_threads()} '
+                 'threads)')
+  except ImportError:
+    pass
+  return ', '.join(parts)
+
+
+def machine_line() -> str:
+  """One line: CPU model, clock, vector flags, cores, library versions."""
+  d = cpu_description()
+  mhz = f", {d['mhz']:.0f} MHz" if d['mhz'] else ''
+  line = (f"machine: {d['model']}{mhz}, flags {'/'.join(d['flags']) or '-'}, "
+          f"{d['cores']} cores; {versions()}")
+  try:
+    line += f'; load avg {os.getloadavg()[0]:.1f}'
+  except OSError:
+    pass
+  xla = os.environ.get('XLA_FLAGS')
+  if xla:
+    line += f'; XLA_FLAGS={xla}'
+  return line
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+  """A small markdown table."""
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '---|' * len(header)]
+  for r in rows:
+    lines.append('| ' + ' | '.join(
+        f'{c:.4g}' if isinstance(c, float) else str(c) for c in r) + ' |')
+  return '\n'.join(lines)
+
+
+def mnist_batch(batch: int, seed: int = 0, data_dir: Optional[str] = None):
+  """A batch of real MNIST training images if ``data_dir`` holds them, else
+  uniform noise images with random labels (shape [B, 28, 28, 1])."""
+  rng = np.random.default_rng(seed)
+  if data_dir:
+    from dynamic_at import data  # pylint: disable=g-import-not-at-top
+    ds = data.load_dataset('mnist', 'train', data_dir=data_dir)
+    idx = rng.choice(len(ds.labels), batch, replace=False)
+    return ds.images[idx], ds.labels[idx]
+  return (rng.uniform(size=(batch, 28, 28, 1)).astype(np.float32),
+          rng.integers(0, 10, batch).astype(np.int32))
+
+
+def torch_threads(n: Optional[int] = None) -> int:
+  """Sets PyTorch's intra-op threads to ``n`` (default: all cores, as XLA)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  n = n or os.cpu_count()
+  torch.set_num_threads(n)
+  return n
