@@ -9,16 +9,17 @@ figures and evaluates the final model under the paper's attacks::
       --flagfile=experiments/configs/cifar10_dynamic.flags \\
       --workdir=runs/cifar10_dynamic --data_dir=/path/to/cifar10
 
-Flags: ``--help`` (defined in :mod:`experiments.common`); CIFAR-10's defaults
-are ``common.DATASET_DEFAULTS['cifar10']``.
+Flags: ``--help`` (defined in :mod:`experiments.config`); CIFAR-10's defaults
+are ``config.DATASET_DEFAULTS['cifar10']``.
 """
 
 from absl import flags
 
 from experiments import common
+from experiments import config as config_lib
 
 # List the shared flags under --help, not only under --helpfull.
-flags.adopt_module_key_flags(common)
+flags.adopt_module_key_flags(config_lib)
 
 
 def main() -> None:

@@ -27,6 +27,9 @@ import jax
 from dynamic_at import data
 from dynamic_at import parallel
 from experiments import common
+from experiments import config as config_lib
+from experiments import inputs
+from experiments import reporting
 
 # The flags evaluate takes from the command line when given.
 OVERRIDABLE = ('data_dir', 'num_eval_examples', 'eval_batch_size',
@@ -46,24 +49,24 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> Dict[str, Any]:
     The dictionary written to ``workdir/results.json``.
 
   Raises:
-    common.ConfigError, data.DataError: naming the flag or file.
+    config_lib.ConfigError, data.DataError: naming the flag or file.
   """
   unknown = set(overrides) - set(OVERRIDABLE)
   if unknown:
-    raise common.ConfigError(f'evaluate does not take {sorted(unknown)}')
-  config = common.load_saved_config(workdir).replace(workdir=workdir,
-                                                     **overrides)
+    raise config_lib.ConfigError(f'evaluate does not take {sorted(unknown)}')
+  config = reporting.load_saved_config(workdir).replace(workdir=workdir,
+                                                        **overrides)
   if config.multihost:
     jax.distributed.initialize()
-  common.validate_config(config)
-  common.validate_devices(config, training=False)
-  common.check_source_workdir(config)
-  test_ds = common.load_test_data(config)
+  config_lib.validate_config(config)
+  config_lib.validate_devices(config, training=False)
+  config_lib.check_source_workdir(config)
+  test_ds = inputs.load_test_data(config)
   mesh = parallel.make_mesh()
-  _, state, meta = common.restore_model(workdir, test_ds.image_shape, mesh)
-  source = common.restore_source(config, test_ds.image_shape, mesh)
-  return common.evaluate_and_report(config, state, test_ds, mesh, meta=meta,
-                                    source=source)
+  _, state, meta = reporting.restore_model(workdir, test_ds.image_shape, mesh)
+  source = reporting.restore_source(config, test_ds.image_shape, mesh)
+  return reporting.evaluate_and_report(config, state, test_ds, mesh,
+                                       meta=meta, source=source)
 
 
 def _overrides_from_flags() -> Dict[str, Any]:
@@ -83,7 +86,7 @@ def main(argv) -> None:
   try:
     evaluate_workdir(os.path.abspath(flags.FLAGS.workdir),
                      **_overrides_from_flags())
-  except (common.ConfigError, data.DataError) as e:
+  except (config_lib.ConfigError, data.DataError) as e:
     common.fail(e)
 
 

@@ -8,16 +8,17 @@ figures and evaluates the final model under the paper's attacks::
       --flagfile=experiments/configs/mnist_dynamic.flags \\
       --workdir=runs/mnist_dynamic --data_dir=../shared/data/mnist
 
-Flags: ``--help`` (defined in :mod:`experiments.common`); MNIST's defaults are
-``common.DATASET_DEFAULTS['mnist']``.
+Flags: ``--help`` (defined in :mod:`experiments.config`); MNIST's defaults are
+``config.DATASET_DEFAULTS['mnist']``.
 """
 
 from absl import flags
 
 from experiments import common
+from experiments import config as config_lib
 
 # List the shared flags under --help, not only under --helpfull.
-flags.adopt_module_key_flags(common)
+flags.adopt_module_key_flags(config_lib)
 
 
 def main() -> None:

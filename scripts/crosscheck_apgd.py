@@ -19,7 +19,7 @@ packages of ``scripts/requirements-crosscheck.txt``, e.g.::
 for these attacks; installing it would replace the local CPU torch.)
 
 The model comes from ``--params_npz`` (the format below) or ``--workdir`` (a
-training run folder, restored with ``experiments.common.restore_model``).
+training run folder, restored with ``experiments.reporting.restore_model``).
 
 Parameter file format (``--params_npz``): one ``numpy.savez`` archive whose
 keys are the '/'-joined paths of the Flax variables of the model, e.g.
@@ -70,9 +70,9 @@ def load_variables_npz(path: str) -> Dict[str, Any]:
 def load_variables_workdir(workdir: str) -> Dict[str, Any]:
   """Restores the newest checkpoint of a MNIST training run folder."""
   from dynamic_at import parallel  # pylint: disable=g-import-not-at-top
-  from experiments import common  # pylint: disable=g-import-not-at-top
-  _, state, _ = common.restore_model(workdir, (28, 28, 1),
-                                     parallel.make_mesh())
+  from experiments import reporting  # pylint: disable=g-import-not-at-top
+  _, state, _ = reporting.restore_model(workdir, (28, 28, 1),
+                                        parallel.make_mesh())
   return jax.device_get({'params': state.params,
                          'batch_stats': state.batch_stats})
 

@@ -131,9 +131,10 @@ def test_key_encoding_roundtrip():
 
 
 def _final_params(workdir):
-  from experiments import common  # pylint: disable=g-import-not-at-top
-  config = common.load_saved_config(str(workdir))
-  template = common.initial_state(config, (28, 28, 1), 4)
+  from experiments import reporting  # pylint: disable=g-import-not-at-top
+  from experiments import training  # pylint: disable=g-import-not-at-top
+  config = reporting.load_saved_config(str(workdir))
+  template = training.initial_state(config, (28, 28, 1), 4)
   with checkpoint.Checkpointer(Path(workdir) / 'checkpoints',
                                read_only=True) as ckpt:
     state, arrays, meta = ckpt.restore(

@@ -18,6 +18,10 @@ import pytest
 
 from dynamic_at import data
 from experiments import common
+from experiments import config as config_lib
+from experiments import inputs
+from experiments import outputs
+from experiments import training
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'experiments' / 'configs'
@@ -111,7 +115,7 @@ def test_mnist_end_to_end(mnist_run):
   assert 'WARNING: training on 256 MNIST images, not 60,000' in proc.stderr
   assert '| white-box |' in proc.stdout
 
-  rows = common.read_metrics(str(workdir))
+  rows = outputs.read_metrics(str(workdir))
   assert [r['epoch'] for r in rows] == [0, 1]
   for row in rows:
     assert ROW_KEYS <= set(row)
@@ -180,7 +184,7 @@ def test_cifar10_end_to_end(tmp_path, subprocess_env):
   assert results['dataset'] == 'cifar10'
   assert results['flags']['augment'] == 'crop_flip'
   assert results['flags']['eps'] == pytest.approx(8 / 255)
-  rows = common.read_metrics(str(workdir))
+  rows = outputs.read_metrics(str(workdir))
   assert len(rows) == 1 and rows[0]['c_t'] is None
   assert _is_png(workdir / 'training_curves.png')
 
@@ -189,7 +193,7 @@ def test_tfds_mock_training_in_process(tmp_path):
   """Without --data_dir the data comes from TFDS (here its mock); two epochs
   with changing c_t, eps and loss weighting compile the step once."""
   tfds = pytest.importorskip('tensorflow_datasets')
-  config = common.Config(
+  config = config_lib.Config(
       dataset='mnist', workdir=str(tmp_path / 'run'), method='dynamic',
       num_epochs=2, batch_size=32, num_steps=2, eps_warmup_epochs=2,
       loss_weighting=True, eval_batch_size=32, eval_every=0)
@@ -197,37 +201,37 @@ def test_tfds_mock_training_in_process(tmp_path):
                               policy=tfds.testing.MockPolicy.USE_CODE):
     train_ds, test_ds = common.prepare(config)
   assert train_ds.source.startswith('tfds mnist')
-  result = common.train_loop(config, train_ds=train_ds, test_ds=test_ds)
+  result = training.train_loop(config, train_ds=train_ds, test_ds=test_ds)
   assert result.finished and result.step == 4
   assert result.num_traces == 1
-  rows = common.read_metrics(config.workdir)
+  rows = outputs.read_metrics(config.workdir)
   assert [r['eps'] for r in rows] == pytest.approx([0.15, 0.3])
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   _require(MNIST_DIR)
-  config = common.Config(
+  config = config_lib.Config(
       dataset='mnist', workdir=str(tmp_path / 'run'), data_dir=str(MNIST_DIR),
       method='unsecured', num_epochs=1, batch_size=64, num_train_examples=256,
       learning_rate=1e30, log_every_steps=1, checkpoint_every_steps=1,
       eval_batch_size=64)
   train_ds, test_ds = common.prepare(config)
-  with pytest.raises(common.TrainingDivergedError,
+  with pytest.raises(training.TrainingDivergedError,
                      match='training loss is nan at step 2.*last good '
                      'checkpoint is step 1'):
-    common.train_loop(config, train_ds=train_ds, test_ds=test_ds)
+    training.train_loop(config, train_ds=train_ds, test_ds=test_ds)
   steps = [p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()]
   assert steps == ['1']
   assert not (tmp_path / 'run' / 'metrics.jsonl').exists()
 
 
 def test_chance_loss_warning(capsys):
-  config = common.Config(dataset='mnist', workdir='/w', method='standard')
-  common._chance_warning(config, {'train_loss': 2.3026}, 'after epoch 1')
+  config = config_lib.Config(dataset='mnist', workdir='/w', method='standard')
+  training._chance_warning(config, {'train_loss': 2.3026}, 'after epoch 1')
   assert '--eps_warmup_epochs' in capsys.readouterr().err
-  common._chance_warning(config, {'train_loss': 0.9}, 'after epoch 1')
-  common._chance_warning(config.replace(method='unsecured'),
-                         {'train_loss': 2.3026}, 'after epoch 1')
+  training._chance_warning(config, {'train_loss': 0.9}, 'after epoch 1')
+  training._chance_warning(config.replace(method='unsecured'),
+                           {'train_loss': 2.3026}, 'after epoch 1')
   assert not capsys.readouterr().err
 
 
@@ -239,7 +243,7 @@ def test_chance_loss_warning(capsys):
 def test_refuses_workdir_with_different_flags(mnist_run):
   workdir, _ = mnist_run
   before = _snapshot(workdir)
-  with pytest.raises(common.ConfigError) as err:
+  with pytest.raises(config_lib.ConfigError) as err:
     _main([f'--flagfile={CONFIGS / "mnist_dynamic.flags"}',
            f'--workdir={workdir}', f'--data_dir={MNIST_DIR}',
            '--num_epochs=2', *TINY_MNIST, '--eps=0.2', '--num_steps=3'])
@@ -251,18 +255,18 @@ def test_refuses_workdir_with_different_flags(mnist_run):
 
 
 def test_flag_differences_ignores_resumable_flags():
-  config = common.Config(dataset='mnist', workdir='/a', num_epochs=5)
+  config = config_lib.Config(dataset='mnist', workdir='/a', num_epochs=5)
   saved = config.to_dict()
   changed = config.replace(workdir='/b', num_epochs=9, data_dir='/d',
                            eval_every=2, stop_after_steps=3,
                            checkpoint_every_steps=7, source_workdir='/s')
-  assert common.flag_differences(saved, changed) == []
-  assert common.flag_differences(saved, config.replace(seed=1)) == [
+  assert config_lib.flag_differences(saved, changed) == []
+  assert config_lib.flag_differences(saved, config.replace(seed=1)) == [
       ('seed', 0, 1)]
   # A flag missing from an older flags.json counts as its default.
   del saved['keras_decay']
-  assert common.flag_differences(saved, config) == []
-  assert common.flag_differences(saved, config.replace(keras_decay=1e-4))
+  assert config_lib.flag_differences(saved, config) == []
+  assert config_lib.flag_differences(saved, config.replace(keras_decay=1e-4))
 
 
 # ---------------------------------------------------------------------------
@@ -282,7 +286,8 @@ def test_unknown_method_is_rejected(tmp_path, subprocess_env):
 
 @pytest.mark.parametrize('eps', ['0', '1.5', '-0.1'])
 def test_eps_outside_unit_interval_is_rejected(tmp_path, eps):
-  with pytest.raises(common.ConfigError, match=f'--eps={float(eps)} is '
+  with pytest.raises(config_lib.ConfigError,
+                     match=f'--eps={float(eps)} is '
                      r'outside \(0, 1\]'):
     _main([f'--workdir={tmp_path / "w"}', f'--eps={eps}',
            f'--data_dir={MNIST_DIR}'])
@@ -336,19 +341,20 @@ def test_unwritable_workdir_is_named(tmp_path):
   # chmod does not stop writes).
   blocker = tmp_path / 'file.txt'
   blocker.write_text('not a folder')
-  with pytest.raises(common.ConfigError, match='--workdir=.*file.txt/sub'):
+  with pytest.raises(config_lib.ConfigError,
+                     match='--workdir=.*file.txt/sub'):
     _main([f'--workdir={blocker / "sub"}', f'--data_dir={MNIST_DIR}',
            '--num_train_examples=256'])
   if os.geteuid() != 0:
     locked = tmp_path / 'locked'
     locked.mkdir(mode=0o500)
-    with pytest.raises(common.ConfigError, match='--workdir=.*locked'):
+    with pytest.raises(config_lib.ConfigError, match='--workdir=.*locked'):
       _main([f'--workdir={locked}', f'--data_dir={MNIST_DIR}',
              '--num_train_examples=256'])
 
 
 def test_source_workdir_must_be_a_run(tmp_path):
-  with pytest.raises(common.ConfigError, match='--source_workdir='):
+  with pytest.raises(config_lib.ConfigError, match='--source_workdir='):
     _main([f'--workdir={tmp_path / "w"}', f'--data_dir={MNIST_DIR}',
            f'--source_workdir={tmp_path}'])
   assert not (tmp_path / 'w').exists()
@@ -362,10 +368,10 @@ def test_source_workdir_must_be_a_run(tmp_path):
 def _parse(dataset, args):
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.FLAGS.unparse_flags()
-  common.set_dataset_defaults(dataset)
+  config_lib.set_dataset_defaults(dataset)
   rest = flags.FLAGS([dataset, *args])
   assert rest == [dataset], f'flagfile left positional arguments {rest}'
-  return common.config_from_flags(dataset)
+  return config_lib.config_from_flags(dataset)
 
 
 @pytest.mark.parametrize('path', sorted(CONFIGS.glob('*.flags')),
@@ -374,7 +380,7 @@ def test_flagfiles(path):
   dataset = path.stem.split('_')[0]
   method = path.stem.split('_')[-1]
   config = _parse(dataset, [f'--flagfile={path}', '--workdir=/tmp/unused'])
-  common.validate_config(config)
+  config_lib.validate_config(config)
   assert config.method == method
   assert config.batch_size == 128 and config.num_steps == 10
   assert config.momentum == 0.9 and config.c_max == 0.5
@@ -406,25 +412,25 @@ def test_dataset_defaults_without_flagfile():
 
 
 def test_eps_warmup_and_learning_rate():
-  config = common.Config(dataset='mnist', workdir='/w', eps=0.3,
-                         eps_warmup_epochs=3, lr_drop_epochs=(2, 4),
-                         learning_rate=0.1)
-  assert [common.epoch_eps(config, t) for t in range(5)] == pytest.approx(
+  config = config_lib.Config(dataset='mnist', workdir='/w', eps=0.3,
+                             eps_warmup_epochs=3, lr_drop_epochs=(2, 4),
+                             learning_rate=0.1)
+  assert [training.epoch_eps(config, t) for t in range(5)] == pytest.approx(
       [0.1, 0.2, 0.3, 0.3, 0.3])
-  ap = common.epoch_attack_params(config, 0, 1)
+  ap = training.epoch_attack_params(config, 0, 1)
   assert float(ap.step_size) == pytest.approx(0.1 / 4)
-  assert [common.learning_rate(config, t, 0) for t in (0, 2, 4)] == (
+  assert [training.learning_rate(config, t, 0) for t in (0, 2, 4)] == (
       pytest.approx([0.1, 0.01, 0.001]))
 
 
 def test_keras_augmentation_is_deterministic():
   pytest.importorskip('scipy')
-  config = common.Config(dataset='cifar10', workdir='/w', model='cifar10_cnn',
-                         augment='keras')
+  config = config_lib.Config(dataset='cifar10', workdir='/w',
+                             model='cifar10_cnn', augment='keras')
   images = np.random.default_rng(0).random((4, 32, 32, 3), np.float32)
-  a = common.augment(config, images, epoch=1, batch_index=2)
-  b = common.augment(config, images, epoch=1, batch_index=2)
-  c = common.augment(config, images, epoch=1, batch_index=3)
+  a = inputs.augment(config, images, epoch=1, batch_index=2)
+  b = inputs.augment(config, images, epoch=1, batch_index=2)
+  c = inputs.augment(config, images, epoch=1, batch_index=3)
   assert a.shape == images.shape and a.dtype == images.dtype
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c) and not np.array_equal(a, images)

@@ -1,0 +1,101 @@
+"""Output helpers of the experiment mains.
+
+Printing on the main process only (:func:`_print`, and :func:`_loud` for
+warnings), atomic file writes, the run's ``metrics.jsonl`` and one-transfer
+fetches of (possibly multi-host) arrays.
+"""
+
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Dict, List, Mapping
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from experiments.config import METRICS_FILE
+
+# --------------------------------------------------------------------------
+# Output helpers
+# --------------------------------------------------------------------------
+
+
+def _is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def _print(message: str) -> None:
+  if _is_main_process():
+    print(message, flush=True)
+
+
+def _loud(message: str) -> None:
+  if _is_main_process():
+    bar = '!' * 78
+    print(f'\n{bar}\n{message}\n{bar}\n', file=sys.stderr, flush=True)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+  folder = os.path.dirname(path)
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path))
+  try:
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _atomic_save_npy(path: str, array: np.ndarray) -> None:
+  folder = os.path.dirname(path)
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path))
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      np.save(f, array)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def read_metrics(workdir: str) -> List[Dict[str, Any]]:
+  """The rows of ``workdir/metrics.jsonl`` (empty if there is none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _truncate_metrics(workdir: str, first_epoch: int) -> None:
+  """Drops rows of epochs >= ``first_epoch`` (re-done after a resume)."""
+  rows = read_metrics(workdir)
+  kept = [r for r in rows if r.get('epoch', -1) < first_epoch]
+  if len(kept) != len(rows):
+    _atomic_write_text(os.path.join(workdir, METRICS_FILE),
+                       ''.join(json.dumps(r) + '\n' for r in kept))
+
+
+def _append_metrics(workdir: str, row: Mapping[str, Any]) -> None:
+  with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
+    f.write(json.dumps(row) + '\n')
+
+
+def _devices_description() -> str:
+  d = jax.devices()[0]
+  return (f'{jax.device_count()} x {d.platform} ({d.device_kind}), '
+          f'{jax.process_count()} process(es)')
+
+
+def _to_host(tree: Any) -> Any:
+  """One transfer of a pytree of (possibly multi-host) arrays to numpy."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)

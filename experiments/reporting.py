@@ -1,0 +1,193 @@
+"""Figures and the final evaluation of a run.
+
+:func:`make_figures` draws ``fosc_histograms.png`` and
+``training_curves.png`` from the workdir; :func:`restore_model` restores a
+run's newest checkpoint (with its saved :class:`~experiments.config.Config`)
+and :func:`evaluate_and_report` attacks it and writes ``results.json`` /
+``results.md``.
+"""
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import jax
+import numpy as np
+
+from dynamic_at import checkpoint
+from dynamic_at import data
+from dynamic_at import evaluation
+from dynamic_at import parallel
+from dynamic_at import train
+from experiments.config import ATTACK_SETS
+from experiments.config import CHECKPOINT_DIR
+from experiments.config import Config
+from experiments.config import ConfigError
+from experiments.config import FLAGS_FILE
+from experiments.config import FOSC_DIR
+from experiments.config import RESULTS_FILE
+from experiments.outputs import _devices_description
+from experiments.outputs import _is_main_process
+from experiments.outputs import _loud
+from experiments.outputs import _print
+from experiments.outputs import read_metrics
+from experiments.training import _EVAL_KEY
+from experiments.training import _eval_batch_size
+from experiments.training import _variables
+from experiments.training import initial_state
+
+# How many test examples the eps = 1 gradient-masking check uses.
+EPS_ONE_EXAMPLES = 1000
+
+# --------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------
+
+
+def make_figures(config: Config) -> List[str]:
+  """Writes ``fosc_histograms.png`` and ``training_curves.png``."""
+  if not _is_main_process():
+    return []
+  from dynamic_at import plots  # pylint: disable=g-import-not-at-top
+  written = []
+  rows = read_metrics(config.workdir)
+  title = f'{config.dataset} / {config.method}'
+  if rows:
+    written.append(plots.training_curves(
+        rows, os.path.join(config.workdir, 'training_curves.png'),
+        title=title))
+  fosc_dir = os.path.join(config.workdir, FOSC_DIR)
+  if os.path.isdir(fosc_dir):
+    files = {int(name[len('epoch_'):-len('.npy')]): name
+             for name in os.listdir(fosc_dir)
+             if name.startswith('epoch_') and name.endswith('.npy')}
+    if files:
+      stages = plots.select_stages(sorted(files))
+      fosc_by_epoch = {e: np.load(os.path.join(fosc_dir, files[e]))
+                       for e in stages}
+      written.append(plots.fosc_histograms(
+          fosc_by_epoch, os.path.join(config.workdir, 'fosc_histograms.png'),
+          title=f'FOSC of training adversarial examples ({title})'))
+  for path in written:
+    _print(f'Wrote {path}')
+  return written
+
+
+# --------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------
+
+
+def load_saved_config(workdir: str, flag: str = 'workdir') -> Config:
+  """The :class:`Config` of the run in ``workdir`` (from its flags.json)."""
+  path = os.path.join(workdir, FLAGS_FILE)
+  try:
+    with open(path) as f:
+      return Config.from_dict(json.load(f))
+  except (OSError, ValueError, TypeError) as e:
+    raise ConfigError(f'--{flag}={workdir}: cannot read the run\'s '
+                      f'{FLAGS_FILE} ({e}); is it a run folder?') from e
+
+
+def restore_model(workdir: str, image_shape: Tuple[int, ...], mesh, *,
+                  flag: str = 'workdir'
+                  ) -> Tuple[Config, train.TrainState, Dict[str, Any]]:
+  """Restores the newest checkpoint of the run in ``workdir``.
+
+  Returns:
+    ``(saved config, state, checkpoint meta)``.
+  """
+  config = load_saved_config(workdir, flag)
+  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  if not os.path.isdir(ckpt_dir):
+    raise ConfigError(f'--{flag}={workdir} has no {CHECKPOINT_DIR}/ folder.')
+  template = parallel.replicate(initial_state(config, image_shape, 1), mesh)
+  ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
+  try:
+    if ckpt.latest_step() is None:
+      raise ConfigError(f'--{flag}={workdir} has no checkpoint.')
+    state, _, meta = ckpt.restore(template)
+  finally:
+    ckpt.close()
+  total = config.num_epochs * meta.get('steps_per_epoch', 0)
+  if meta.get('step', 0) < total:
+    _loud(f'WARNING: {workdir} is not fully trained (step '
+          f'{meta.get("step")} of {total}); evaluating its newest checkpoint.')
+  return config, state, meta
+
+
+def evaluate_and_report(config: Config, state: train.TrainState,
+                        test_ds: data.Dataset, mesh, *,
+                        meta: Mapping[str, Any],
+                        source: Optional[Tuple[str, train.TrainState]] = None
+                        ) -> Dict[str, Any]:
+  """Final evaluation: white-box (and black-box) attacks, sanity checks,
+  ``results.json`` / ``results.md`` and a printed table.
+
+  Args:
+    config: the run's config (eps, dataset, method, eval settings).
+    state: the trained state.
+    test_ds: the evaluation examples.
+    mesh: device mesh.
+    meta: the checkpoint's metadata (training wall time, data source).
+    source: ``(source workdir, source state)`` for black-box attacks.
+
+  Returns:
+    The dictionary written to ``results.json``.
+  """
+  start = time.time()
+  key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_KEY)
+  batch_size = _eval_batch_size(config, test_ds.num_examples)
+  src = None
+  if source is not None:
+    src = (source[1].apply_fn, _variables(source[1]))
+  _print(f'Evaluating on {test_ds.num_examples:,} test examples '
+         f'(eps={config.eps:.6g}, attacks={config.attacks}'
+         f'{", black-box source " + source[0] if source else ""}) ...')
+  results = evaluation.evaluate(
+      state.apply_fn, _variables(state), test_ds.images, test_ds.labels,
+      eps=config.eps, key=key, batch_size=batch_size, mesh=mesh,
+      attacks=ATTACK_SETS[config.attacks], source=src)
+  n1 = min(EPS_ONE_EXAMPLES, test_ds.num_examples)
+  eps_one = evaluation.accuracy_at_eps_one(
+      state.apply_fn, _variables(state), test_ds.images[:n1],
+      test_ds.labels[:n1], key, _eval_batch_size(config, n1), mesh)
+  warnings = evaluation.sanity_warnings(results, eps_one_accuracy=eps_one)
+  for w in warnings:
+    _loud(w)
+  out = {
+      'dataset': config.dataset,
+      'method': config.method,
+      'white_box': results['white_box'],
+      'black_box': results['black_box'],
+      'black_box_source': source[0] if source else None,
+      'num_eval_examples': results['num_eval_examples'],
+      'eps_one_pgd20_accuracy': eps_one,
+      'sanity_warnings': warnings,
+      'flags': config.to_dict(),
+      'wall_time_s': meta.get('train_time_s'),
+      'eval_wall_time_s': time.time() - start,
+      'devices': _devices_description(),
+      'data_source': {'train': meta.get('train_data_source'),
+                      'test': test_ds.source},
+      'num_train_examples': meta.get('num_train_examples'),
+      'step': meta.get('step'),
+  }
+  if _is_main_process():
+    json_path, _ = evaluation.write_results(
+        os.path.join(config.workdir, RESULTS_FILE), out)
+    print(evaluation.results_markdown(
+        out, title=f'{config.dataset} / {config.method}'), flush=True)
+    print(f'Wrote {json_path}', flush=True)
+  return out
+
+
+def restore_source(config: Config, image_shape: Tuple[int, ...], mesh
+                   ) -> Optional[Tuple[str, train.TrainState]]:
+  """The black-box source model of ``--source_workdir``, if given."""
+  if not config.source_workdir:
+    return None
+  _, state, _ = restore_model(config.source_workdir, image_shape, mesh,
+                              flag='source_workdir')
+  return config.source_workdir, state

@@ -1,0 +1,545 @@
+"""The training loop of the experiment mains.
+
+Builds the model, the optimiser's state and the jitted step of a
+:class:`~experiments.config.Config` (:func:`setup`), then trains
+(:func:`train_loop`): restoring the workdir's newest checkpoint
+(:func:`restore_or_init`), fetching metrics once per ``--log_every_steps``
+and checking them for NaN (:class:`TrainingDivergedError`), writing one
+``metrics.jsonl`` row (:func:`epoch_row`), TensorBoard scalars and the FOSC
+values per epoch, and checkpointing the state with the host-side
+:class:`Progress`.
+"""
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynamic_at import checkpoint
+from dynamic_at import data
+from dynamic_at import evaluation
+from dynamic_at import models
+from dynamic_at import parallel
+from dynamic_at import train
+from experiments.config import CHECKPOINT_DIR
+from experiments.config import Config
+from experiments.config import ConfigError
+from experiments.config import FOSC_DIR
+from experiments.config import TB_DIR
+from experiments.inputs import augment
+from experiments.outputs import _append_metrics
+from experiments.outputs import _atomic_save_npy
+from experiments.outputs import _is_main_process
+from experiments.outputs import _loud
+from experiments.outputs import _print
+from experiments.outputs import _to_host
+from experiments.outputs import _truncate_metrics
+
+CHANCE_LOSS = math.log(10.0)  # cross-entropy of a uniform 10-class guess
+_CHANCE_TOLERANCE = 0.05
+# fold_in constants of the evaluation keys (from jax.random.key(seed); the
+# training keys come from its split, see run_keys).
+_EVAL_KEY = 1_000_003
+_EPOCH_EVAL_KEY = 1_000_033
+
+
+class TrainingDivergedError(RuntimeError):
+  """The training loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------
+# Model, optimiser, schedules
+# --------------------------------------------------------------------------
+
+
+def build_model(config: Config):
+  """The Flax module of ``config.model``."""
+  if config.model == 'wrn':
+    return models.get_model('wrn', depth=config.wrn_depth,
+                            width=config.wrn_width)
+  return models.get_model(config.model)
+
+
+def run_keys(seed: int) -> Tuple[jax.Array, jax.Array]:
+  """``(init_key, train_key)``: the parameter initialisation's key and the
+  training step's base key (each step folds in its global step)."""
+  init_key, train_key = jax.random.split(jax.random.key(seed))
+  return init_key, train_key
+
+
+def initial_state(config: Config, input_shape: Tuple[int, ...],
+                  steps_per_epoch: int) -> train.TrainState:
+  """A fresh (unplaced) train state with the run's optimiser."""
+  tx = train.make_optimizer(
+      learning_rate=config.learning_rate, momentum=config.momentum,
+      weight_decay=config.weight_decay, steps_per_epoch=steps_per_epoch,
+      lr_drop_epochs=config.lr_drop_epochs, keras_decay=config.keras_decay)
+  init_key, _ = run_keys(config.seed)
+  state = train.create_train_state(build_model(config), init_key, input_shape,
+                                   tx)
+  return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def learning_rate(config: Config, epoch: int, step: int) -> float:
+  """The rate :func:`train.make_optimizer`'s schedule gives at ``step``."""
+  lr = config.learning_rate * 0.1 ** sum(epoch >= e
+                                         for e in config.lr_drop_epochs)
+  return lr / (1.0 + config.keras_decay * step)
+
+
+def epoch_eps(config: Config, epoch: int) -> float:
+  """Eps of ``epoch``: ramped over ``--eps_warmup_epochs``, then ``--eps``."""
+  if config.eps_warmup_epochs and epoch < config.eps_warmup_epochs:
+    return config.eps * (epoch + 1) / config.eps_warmup_epochs
+  return config.eps
+
+
+def epoch_attack_params(config: Config, epoch: int,
+                        curriculum_k: int) -> train.AttackParams:
+  """The traced attack settings of ``epoch`` (step size scaled with eps)."""
+  eps = epoch_eps(config, epoch)
+  return train.attack_params_for_epoch(
+      config.method, epoch, eps=eps,
+      step_size=config.step_size * eps / config.eps,
+      num_steps=config.num_steps, c_max=config.c_max, t_prime=config.t_prime,
+      curriculum_steps=curriculum_k)
+
+
+# The step metrics the loop fetches (the others are not computed).
+_STEP_METRICS = ('loss', 'accuracy', 'steps_mean', 'steps_max', 'iters_max',
+                 'fosc')
+
+
+def make_step(config: Config, mesh) -> Tuple[Any, List[int]]:
+  """The jitted training step (state donated) and a trace counter.
+
+  ``weighted`` (the authors' loss weighting, ``--loss_weighting`` after epoch
+  0) and the attack parameters are traced, so neither recompiles the step.
+  """
+  step = train.make_train_step(
+      config.method, mesh,
+      fosc_centre_random_start=config.fosc_centre_random_start)
+  traces = [0]
+
+  def counted(state, batch, key, attack_params, weighted):
+    traces[0] += 1
+    state, metrics = step(state, batch, key, attack_params, weighted)
+    return state, {k: metrics[k] for k in _STEP_METRICS}
+
+  return jax.jit(counted, donate_argnums=0), traces
+
+
+# --------------------------------------------------------------------------
+# Host-side progress (checkpointed)
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Progress:
+  """What the host tracks besides the train state; checkpointed with it.
+
+  Attributes:
+    step: global step (optimiser updates so far).
+    curriculum_k: curriculum's current k.
+    loss_sum, accuracy_sum, steps_mean_sum: sums over the epoch's batches.
+    steps_max, iters_max: maxima over the epoch's batches.
+    num_batches: batches of the epoch folded in so far.
+    epoch_time_s: wall time spent on the epoch so far.
+    train_time_s: wall time of all training so far.
+    fosc: ``f32[steps_per_epoch * batch_size]`` FOSC of the epoch's
+      adversarial examples (batch ``i`` at ``[i * B, (i + 1) * B)``).
+  """
+  step: int
+  curriculum_k: int
+  fosc: np.ndarray
+  loss_sum: float = 0.0
+  accuracy_sum: float = 0.0
+  steps_mean_sum: float = 0.0
+  steps_max: int = 0
+  iters_max: int = 0
+  num_batches: int = 0
+  epoch_time_s: float = 0.0
+  train_time_s: float = 0.0
+
+  _META = ('step', 'curriculum_k', 'loss_sum', 'accuracy_sum',
+           'steps_mean_sum', 'steps_max', 'iters_max', 'num_batches',
+           'epoch_time_s', 'train_time_s')
+
+  def meta(self) -> Dict[str, Any]:
+    return {k: getattr(self, k) for k in self._META}
+
+  @classmethod
+  def from_meta(cls, meta: Mapping[str, Any], fosc: np.ndarray) -> 'Progress':
+    return cls(fosc=np.asarray(fosc, np.float32),
+               **{k: meta[k] for k in cls._META})
+
+  def reset_epoch(self) -> None:
+    self.loss_sum = self.accuracy_sum = self.steps_mean_sum = 0.0
+    self.steps_max = self.iters_max = self.num_batches = 0
+    self.epoch_time_s = 0.0
+    self.fosc = np.zeros_like(self.fosc)
+
+
+@dataclasses.dataclass
+class Run:
+  """The fixed parts of a training run (no mutable training state)."""
+  config: Config
+  mesh: Any
+  train_ds: data.Dataset
+  test_ds: data.Dataset
+  steps_per_epoch: int
+  key: jax.Array
+  step_fn: Any
+  traces: List[int]
+  ckpt: checkpoint.Checkpointer
+  writer: Any  # tensorboardX.SummaryWriter on process 0, else None
+
+  @property
+  def total_steps(self) -> int:
+    return self.config.num_epochs * self.steps_per_epoch
+
+
+# --------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------
+
+
+def _variables(state: train.TrainState) -> Dict[str, Any]:
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def _fresh_progress(config: Config, steps_per_epoch: int) -> Progress:
+  return Progress(step=0, curriculum_k=config.curriculum_start_steps,
+                  fosc=np.zeros(steps_per_epoch * config.batch_size,
+                                np.float32))
+
+
+def restore_or_init(run: Run, template: train.TrainState
+                    ) -> Tuple[train.TrainState, Progress]:
+  """The newest checkpoint of the run, or the fresh state."""
+  progress = _fresh_progress(run.config, run.steps_per_epoch)
+  if run.ckpt.latest_step() is None:
+    return template, progress
+  state, arrays, meta = run.ckpt.restore(
+      template, arrays_target={'fosc': progress.fosc})
+  for name, expected in (('steps_per_epoch', run.steps_per_epoch),
+                         ('batch_size', run.config.batch_size)):
+    if meta.get(name) != expected:
+      raise ConfigError(
+          f'--workdir={run.config.workdir}: its checkpoint was written with '
+          f'{name}={meta.get(name)} but this run has {expected} (did the '
+          'training data change? --data_dir points at '
+          f'{run.config.data_dir!r}).')
+  progress = Progress.from_meta(meta, arrays['fosc'])
+  _print(f'Resuming from step {progress.step} (epoch '
+         f'{progress.step // run.steps_per_epoch}, batch '
+         f'{progress.step % run.steps_per_epoch}) in {run.ckpt.directory}')
+  return state, progress
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree.leaves(tree)]))
+
+
+def _save(run: Run, state: train.TrainState, progress: Progress) -> None:
+  """Checkpoints ``state`` unless its parameters are no longer finite."""
+  if not bool(_to_host(_all_finite((state.params, state.batch_stats)))):
+    run.ckpt.wait_until_finished()
+    raise TrainingDivergedError(
+        f'the parameters are NaN or infinite after step {progress.step}; '
+        f'stopping without saving them. The last good checkpoint is step '
+        f'{run.ckpt.latest_step()} in {run.ckpt.directory}. Try a lower '
+        '--learning_rate or --eps_warmup_epochs.')
+  meta = dict(progress.meta(), steps_per_epoch=run.steps_per_epoch,
+              batch_size=run.config.batch_size,
+              num_train_examples=run.train_ds.num_examples,
+              train_data_source=run.train_ds.source)
+  run.ckpt.save(progress.step, state, arrays={'fosc': progress.fosc},
+                meta=meta)
+
+
+def _flush(run: Run, pending: List[Tuple[int, Dict[str, Any]]],
+           progress: Progress, since: float) -> float:
+  """Fetches the pending steps' metrics (one transfer), checks them for NaN
+  and folds them into ``progress``. Returns the time of the flush."""
+  if not pending:
+    return since
+  fetched = _to_host([m for _, m in pending])
+  batch = run.config.batch_size
+  for (index, _), m in zip(pending, fetched):
+    loss = float(m['loss'])
+    if not math.isfinite(loss):
+      run.ckpt.wait_until_finished()
+      last = run.ckpt.latest_step()
+      epoch = (progress.step - 1) // run.steps_per_epoch
+      raise TrainingDivergedError(
+          f'the training loss is {loss} at step '
+          f'{epoch * run.steps_per_epoch + index + 1} (epoch {epoch}, batch '
+          f'{index}); stopping. The '
+          f'last good checkpoint is step {last} in {run.ckpt.directory} (the '
+          'diverged state was not saved). Try a lower --learning_rate or '
+          '--eps_warmup_epochs.')
+    progress.loss_sum += loss
+    progress.accuracy_sum += float(m['accuracy'])
+    progress.steps_mean_sum += float(m['steps_mean'])
+    progress.steps_max = max(progress.steps_max, int(m['steps_max']))
+    progress.iters_max = max(progress.iters_max, int(m['iters_max']))
+    progress.num_batches += 1
+    progress.fosc[index * batch:(index + 1) * batch] = np.asarray(
+        m['fosc'], np.float32)
+  pending.clear()
+  now = time.time()
+  progress.epoch_time_s += now - since
+  progress.train_time_s += now - since
+  return now
+
+
+def epoch_row(run: Run, epoch: int, progress: Progress,
+              attack_params: train.AttackParams) -> Dict[str, Any]:
+  """The epoch's metrics.jsonl row.
+
+  Keys: ``epoch`` (from 0), ``step`` (global step at its end),
+  ``train_loss`` / ``train_accuracy`` (mean over batches of the adversarial
+  batch's cross-entropy / accuracy as a fraction), ``steps_mean`` (mean PGD
+  steps per example), ``steps_max`` (most steps of an example),
+  ``iters_max`` (most loop iterations a device ran), ``c_t`` (Dynamic's FOSC
+  threshold, else ``None``), ``num_steps`` (K, or Curriculum's k), ``eps``,
+  ``step_size``, ``lr`` (at the epoch's start), ``epoch_time_s``,
+  ``train_time_s`` (cumulative); :func:`evaluate_epoch` adds ``test_clean``
+  and ``test_pgd20`` (percent) when due.
+  """
+  n = max(progress.num_batches, 1)
+  config = run.config
+  eps = epoch_eps(config, epoch)
+  c_t = None
+  if config.method == 'dynamic':
+    c_t = max(config.c_max - epoch * config.c_max / config.t_prime, 0.0)
+  return {
+      'epoch': epoch,
+      'step': progress.step,
+      'train_loss': progress.loss_sum / n,
+      'train_accuracy': progress.accuracy_sum / n,
+      'steps_mean': progress.steps_mean_sum / n,
+      'steps_max': progress.steps_max,
+      'iters_max': progress.iters_max,
+      'c_t': c_t,
+      'num_steps': int(attack_params.num_steps),
+      'eps': eps,
+      'step_size': config.step_size * eps / config.eps,
+      'lr': learning_rate(config, epoch, epoch * run.steps_per_epoch),
+      'epoch_time_s': progress.epoch_time_s,
+      'train_time_s': progress.train_time_s,
+  }
+
+
+def evaluate_epoch(run: Run, state: train.TrainState) -> Dict[str, float]:
+  """Clean and PGD-20 test accuracy (%) on ``--eval_every_examples``."""
+  config = run.config
+  n = min(config.eval_every_examples, run.test_ds.num_examples)
+  res = evaluation.evaluate(
+      state.apply_fn, _variables(state), run.test_ds.images[:n],
+      run.test_ds.labels[:n], eps=config.eps,
+      key=jax.random.fold_in(jax.random.key(config.seed), _EPOCH_EVAL_KEY),
+      batch_size=_eval_batch_size(config, n), mesh=run.mesh,
+      attacks=('clean', 'pgd20'))
+  return {'test_clean': res['white_box']['clean'],
+          'test_pgd20': res['white_box']['pgd20']}
+
+
+def _eval_batch_size(config: Config, n: int) -> int:
+  """``--eval_batch_size``, or less for fewer examples (still a multiple of
+  the device count)."""
+  devices = jax.device_count()
+  return min(config.eval_batch_size, -(-n // devices) * devices)
+
+
+def _chance_warning(config: Config, row: Mapping[str, Any],
+                    when: str) -> None:
+  if config.method == 'unsecured':
+    return
+  if abs(row['train_loss'] - CHANCE_LOSS) < _CHANCE_TOLERANCE:
+    _loud(f'WARNING: {when} the adversarial training loss is '
+          f'{row["train_loss"]:.4f}, about ln(10) = {CHANCE_LOSS:.4f}: the '
+          'model is at chance level and may be stuck there (a known failure '
+          'of PGD training on MNIST at eps 0.3). Try --eps_warmup_epochs=5 '
+          '(ramp eps up over 5 epochs) or a lower --learning_rate.')
+
+
+def _log_epoch(run: Run, row: Mapping[str, Any], fosc: np.ndarray) -> None:
+  """Writes the epoch's row, TensorBoard scalars and FOSC values."""
+  if not _is_main_process():
+    return
+  epoch = row['epoch']
+  _append_metrics(run.config.workdir, row)
+  if run.config.method != 'unsecured':
+    _atomic_save_npy(os.path.join(run.config.workdir, FOSC_DIR,
+                                  f'epoch_{epoch:04d}.npy'), fosc)
+  if run.writer is not None:
+    for k, v in row.items():
+      if k != 'epoch' and isinstance(v, (int, float)) and v is not None:
+        run.writer.add_scalar(k, v, epoch)
+    if run.config.method != 'unsecured':
+      run.writer.add_histogram('fosc', fosc, epoch)
+    run.writer.flush()
+  parts = [f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+           for k, v in row.items() if v is not None]
+  _print('epoch summary: ' + ' '.join(parts))
+
+
+def _end_epoch(run: Run, state: train.TrainState, progress: Progress,
+               epoch: int, attack_params: train.AttackParams) -> None:
+  """Logs the finished epoch, evaluates it if due and updates k."""
+  config = run.config
+  row = epoch_row(run, epoch, progress, attack_params)
+  last = epoch == config.num_epochs - 1
+  if config.eval_every and ((epoch + 1) % config.eval_every == 0 or last):
+    row.update(evaluate_epoch(run, state))
+  _log_epoch(run, row, progress.fosc)
+  if epoch == 0:
+    _chance_warning(config, row, 'after the first epoch')
+  if config.method == 'curriculum':
+    progress.curriculum_k = train.curriculum_num_steps(
+        progress.curriculum_k, row['train_accuracy'],
+        threshold=config.curriculum_threshold,
+        max_steps=config.curriculum_max_steps)
+  progress.reset_epoch()
+
+
+def _epoch_batches(run: Run, epoch: int, skip: int) -> Iterator[
+    Tuple[int, Dict[str, np.ndarray]]]:
+  """``(index, local batch)`` of ``epoch`` from batch ``skip`` on."""
+  batches = data.epoch_batches(
+      run.train_ds, run.config.batch_size, seed=run.config.seed, epoch=epoch,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  for i, local in enumerate(batches):
+    if i >= skip:
+      yield i, local
+
+
+def train_epoch(run: Run, state: train.TrainState, progress: Progress,
+                stop_at: int) -> Tuple[train.TrainState, bool]:
+  """Trains from ``progress.step`` to the end of its epoch (or ``stop_at``).
+
+  Returns:
+    ``(state, finished_epoch)``.
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  config = run.config
+  epoch, skip = divmod(progress.step, run.steps_per_epoch)
+  attack_params = epoch_attack_params(config, epoch, progress.curriculum_k)
+  ap = parallel.replicate(attack_params, run.mesh)
+  weighted = parallel.replicate(
+      jnp.asarray(config.loss_weighting and epoch > 0), run.mesh)
+  pending = []
+  since = time.time()
+  bar = tqdm(total=run.steps_per_epoch, initial=skip,
+             desc=f'epoch {epoch + 1}/{config.num_epochs}', dynamic_ncols=True,
+             disable=not _is_main_process(), file=sys.stdout)
+  c_t = float(attack_params.c_stop)
+  try:
+    for index, local in _epoch_batches(run, epoch, skip):
+      local = dict(local, image=augment(config, local['image'], epoch, index))
+      batch = parallel.global_batch(local, run.mesh)
+      state, metrics = run.step_fn(state, batch, run.key, ap, weighted)
+      pending.append((index, metrics))
+      progress.step += 1
+      bar.update(1)
+      end = index == run.steps_per_epoch - 1
+      save = end or progress.step == stop_at or (
+          config.checkpoint_every_steps and
+          progress.step % config.checkpoint_every_steps == 0)
+      if save or progress.step % config.log_every_steps == 0:
+        since = _flush(run, pending, progress, since)
+        n = max(progress.num_batches, 1)
+        bar.set_postfix(loss=f'{progress.loss_sum / n:.4f}',
+                        adv_acc=f'{progress.accuracy_sum / n:.4f}',
+                        pgd_steps=f'{progress.steps_mean_sum / n:.2f}',
+                        c_t=f'{c_t:.3f}' if math.isfinite(c_t) else '-')
+      if end:
+        _end_epoch(run, state, progress, epoch, attack_params)
+      if save:
+        _save(run, state, progress)
+      if progress.step == stop_at and not end:
+        return state, False
+  finally:
+    bar.close()
+  return state, True
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What :func:`train_loop` returns."""
+  state: train.TrainState
+  finished: bool
+  step: int
+  num_traces: int
+  train_time_s: float
+  run: Run
+
+
+def setup(config: Config, *, train_ds: data.Dataset,
+          test_ds: data.Dataset) -> Tuple[Run, train.TrainState]:
+  """Builds the mesh, the replicated fresh state, the step and the
+  checkpointer of a validated config."""
+  mesh = parallel.make_mesh()
+  steps_per_epoch = data.num_batches(train_ds.num_examples, config.batch_size,
+                                     drop_remainder=True)
+  state = parallel.replicate(
+      initial_state(config, train_ds.image_shape, steps_per_epoch), mesh)
+  step_fn, traces = make_step(config, mesh)
+  writer = None
+  if _is_main_process():
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    writer = tensorboardX.SummaryWriter(os.path.join(config.workdir, TB_DIR))
+  run = Run(config=config, mesh=mesh, train_ds=train_ds, test_ds=test_ds,
+            steps_per_epoch=steps_per_epoch,
+            key=parallel.replicate(run_keys(config.seed)[1], mesh),
+            step_fn=step_fn, traces=traces,
+            ckpt=checkpoint.Checkpointer(
+                os.path.join(config.workdir, CHECKPOINT_DIR),
+                max_to_keep=config.keep_checkpoints),
+            writer=writer)
+  return run, state
+
+
+def train_loop(config: Config, *, train_ds: data.Dataset,
+               test_ds: data.Dataset) -> TrainResult:
+  """Trains (resuming from the workdir's newest checkpoint) until
+  ``num_epochs`` or ``stop_after_steps``.
+
+  ``config`` must be validated and the workdir prepared (:func:`prepare`).
+  """
+  run, state = setup(config, train_ds=train_ds, test_ds=test_ds)
+  try:
+    state, progress = restore_or_init(run, state)
+    if _is_main_process():
+      _truncate_metrics(config.workdir, progress.step // run.steps_per_epoch)
+    stop_at = min(config.stop_after_steps or run.total_steps,
+                  run.total_steps)
+    while progress.step < stop_at:
+      state, _ = train_epoch(run, state, progress, stop_at)
+    finished = progress.step >= run.total_steps
+    if not finished:
+      _print(f'Stopped at step {progress.step} of {run.total_steps} '
+             '(--stop_after_steps); rerun without it to resume.')
+  except KeyboardInterrupt:
+    run.ckpt.wait_until_finished()
+    _print(f'\nInterrupted. The newest checkpoint is step '
+           f'{run.ckpt.latest_step()} in {run.ckpt.directory}; rerun the same '
+           'command to resume from it.')
+    raise
+  finally:
+    run.ckpt.close()
+    if run.writer is not None:
+      run.writer.close()
+  return TrainResult(state=state, finished=finished, step=progress.step,
+                     num_traces=run.traces[0],
+                     train_time_s=progress.train_time_s, run=run)
