@@ -7,7 +7,6 @@ load from other processes on a shared machine hits both sides alike.
 
 import os
 import platform
-import re
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 

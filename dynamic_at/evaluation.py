@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -32,6 +31,7 @@ from jax.sharding import Mesh
 
 from dynamic_at import _apgd
 from dynamic_at import _attacks
+from dynamic_at import files
 from dynamic_at import parallel
 
 ApplyFn = Callable[..., jax.Array]
@@ -453,23 +453,6 @@ def _jsonable(obj: Any) -> Any:
   return str(obj)
 
 
-def _atomic_write(path: str, text: str) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path),
-                             suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def write_results(path_json: 'os.PathLike[str] | str',
                   results_dict: Mapping[str, Any]) -> Tuple[str, str]:
   """Writes the results as JSON and as a markdown table beside it.
@@ -495,6 +478,6 @@ def write_results(path_json: 'os.PathLike[str] | str',
   title_parts = [str(clean[k]) for k in ('dataset', 'method') if clean.get(k)]
   title = (' / '.join(title_parts) if title_parts else
            os.path.splitext(os.path.basename(path_json))[0])
-  _atomic_write(path_json, json.dumps(clean, indent=2, sort_keys=True) + '\n')
-  _atomic_write(path_md, results_markdown(clean, title=title))
+  files.atomic_write_text(path_json, json.dumps(clean, indent=2, sort_keys=True) + '\n')
+  files.atomic_write_text(path_md, results_markdown(clean, title=title))
   return path_json, path_md

@@ -13,11 +13,11 @@ functions, so importing :mod:`dynamic_at` stays light.
 """
 
 import math
-import os
-import tempfile
 from typing import Any, List, Mapping, Sequence, Tuple
 
 import numpy as np
+
+from dynamic_at import files
 
 __all__ = ('fosc_histograms', 'fosc_histograms_by_method', 'select_stages',
            'training_curves')
@@ -40,20 +40,8 @@ def _new_figure(width: float, height: float) -> Any:
 
 def _save(fig: Any, path: PathLike) -> str:
   """Writes ``fig`` as a PNG atomically and returns the path."""
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path),
-                             suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      fig.savefig(f, format='png')
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
+  return files.atomic_write(path, lambda f: fig.savefig(f, format='png'),
+                            binary=True)
 
 
 def select_stages(epochs: Sequence[int],

@@ -18,8 +18,6 @@ state update); BatchNorm statistics are updated only by the training forward
 pass on the adversarial batch.
 """
 
-import dataclasses
-import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
@@ -30,6 +28,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, PartitionSpec as P
 
 from dynamic_at import _attacks
+from dynamic_at import _fosc
 from dynamic_at import _losses
 from dynamic_at import parallel
 
@@ -62,10 +61,6 @@ class AttackParams(NamedTuple):
                jnp.float32(-jnp.inf if c_stop is None else c_stop))
 
 
-def method_is_valid(method: str) -> bool:
-  return method in METHODS
-
-
 def attack_params_for_epoch(method: str, epoch: int, *, eps: float,
                             step_size: float, num_steps: int, c_max: float,
                             t_prime: float,
@@ -86,7 +81,6 @@ def attack_params_for_epoch(method: str, epoch: int, *, eps: float,
   Returns:
     :class:`AttackParams`.
   """
-  from dynamic_at import _fosc  # pylint: disable=g-import-not-at-top
   if method == 'unsecured':
     return AttackParams.make(eps, step_size, 0)
   if method == 'standard':

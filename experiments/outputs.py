@@ -8,13 +8,13 @@ fetches of (possibly multi-host) arrays.
 import json
 import os
 import sys
-import tempfile
 from typing import Any, Dict, List, Mapping
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from dynamic_at import files
 from experiments.config import METRICS_FILE
 
 # --------------------------------------------------------------------------
@@ -37,32 +37,11 @@ def _loud(message: str) -> None:
     print(f'\n{bar}\n{message}\n{bar}\n', file=sys.stderr, flush=True)
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  folder = os.path.dirname(path)
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path))
-  try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+_atomic_write_text = files.atomic_write_text
 
 
 def _atomic_save_npy(path: str, array: np.ndarray) -> None:
-  folder = os.path.dirname(path)
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path))
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.save(f, array)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  files.atomic_write(path, lambda f: np.save(f, array), binary=True)
 
 
 def read_metrics(workdir: str) -> List[Dict[str, Any]]:

@@ -10,7 +10,6 @@ import sys
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 BATCH = 16

@@ -1,9 +1,6 @@
 """Tests for dynamic_at.checkpoint and exact resumption of a training run."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -14,44 +11,16 @@ import pytest
 from dynamic_at import checkpoint
 from dynamic_at import models
 from dynamic_at import train
+from tests import run_utils
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+REPO = run_utils.REPO
+SHARED_DATA = run_utils.SHARED_DATA
 MNIST_DIR = SHARED_DATA / 'mnist'
 
-# Tests compile tiny models on CPU: XLA's backend optimisations cost more
-# compile time than they save at this size. All subprocess runs share one
-# persistent compilation cache.
-_FAST_XLA = ('--xla_backend_optimization_level=0 '
-             '--xla_llvm_disable_expensive_passes=true')
 
 
-def _require(path):
-  if not path.exists():
-    pytest.skip(f'shared data folder {path} is missing')
-
-
-@pytest.fixture(scope='session')
-def subprocess_env(tmp_path_factory):
-  env = dict(os.environ)
-  env.update(
-      PYTHONPATH=os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')]),
-      JAX_PLATFORMS='cpu', XLA_FLAGS=_FAST_XLA,
-      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() /
-                                    'jax_cache'),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-  return env
-
-
-def _run(module, args, env, expect_ok=True):
-  proc = subprocess.run([sys.executable, '-m', module, *map(str, args)],
-                        cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=600)
-  if expect_ok and proc.returncode:
-    raise AssertionError(f'{module} failed ({proc.returncode}):\n'
-                         f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
-  return proc
+_require = run_utils.require
+_run = run_utils.run
 
 
 def _state(seed=0):

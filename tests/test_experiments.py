@@ -9,8 +9,6 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +20,14 @@ from experiments import config as config_lib
 from experiments import inputs
 from experiments import outputs
 from experiments import training
+from tests import run_utils
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = run_utils.REPO
 CONFIGS = REPO / 'experiments' / 'configs'
-SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+SHARED_DATA = run_utils.SHARED_DATA
 MNIST_DIR = SHARED_DATA / 'mnist'
 CIFAR_DIR = SHARED_DATA / 'cifar10-jpeg-subset'
 
-# Tests compile tiny models on CPU: XLA's backend optimisations cost more
-# compile time than they save at this size. All subprocess runs share one
-# persistent compilation cache.
-_FAST_XLA = ('--xla_backend_optimization_level=0 '
-             '--xla_llvm_disable_expensive_passes=true')
 
 # A tiny MNIST run: 4 steps per epoch, K = 2, 64 evaluation examples.
 TINY_MNIST = ['--num_train_examples=256', '--batch_size=64', '--num_steps=2',
@@ -47,32 +41,8 @@ ROW_KEYS = {'epoch', 'train_loss', 'train_accuracy', 'steps_mean',
             'epoch_time_s', 'train_time_s'}
 
 
-def _require(path):
-  if not path.exists():
-    pytest.skip(f'shared data folder {path} is missing')
-
-
-@pytest.fixture(scope='session')
-def subprocess_env(tmp_path_factory):
-  env = dict(os.environ)
-  env.update(
-      PYTHONPATH=os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')]),
-      JAX_PLATFORMS='cpu', XLA_FLAGS=_FAST_XLA,
-      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() /
-                                    'jax_cache'),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-  return env
-
-
-def _run(module, args, env, expect_ok=True):
-  proc = subprocess.run([sys.executable, '-m', module, *map(str, args)],
-                        cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=600)
-  if expect_ok and proc.returncode:
-    raise AssertionError(f'{module} failed ({proc.returncode}):\n'
-                         f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
-  return proc
+_require = run_utils.require
+_run = run_utils.run
 
 
 def _main(args, dataset='mnist'):

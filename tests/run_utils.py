@@ -1,0 +1,35 @@
+"""Paths and helpers of the tests that run the entry points."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+MNIST_DIR = SHARED_DATA / 'mnist'
+CIFAR_DIR = SHARED_DATA / 'cifar10-jpeg-subset'
+
+# Tests compile tiny models on CPU: XLA's backend optimisations cost more
+# compile time than they save at this size. All subprocess runs share one
+# persistent compilation cache.
+FAST_XLA = ('--xla_backend_optimization_level=0 '
+            '--xla_llvm_disable_expensive_passes=true')
+
+
+def require(path):
+  """Skips the test when a shared data folder is missing."""
+  if not path.exists():
+    pytest.skip(f'shared data folder {path} is missing')
+
+
+def run(module, args, env, expect_ok=True):
+  """Runs ``python -m module args`` in the repository root."""
+  proc = subprocess.run([sys.executable, '-m', module, *map(str, args)],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=600)
+  if expect_ok and proc.returncode:
+    raise AssertionError(f'{module} failed ({proc.returncode}):\n'
+                         f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
+  return proc
