@@ -56,5 +56,18 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> Any:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places a pytree (e.g. a fresh train state) replicated on the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a pytree (e.g. a fresh train state) replicated on the mesh.
+
+  Every process passes the same values. Typed PRNG keys travel as their key
+  data (``device_put`` refuses a key array onto devices of other processes).
+  """
+  sharding = replicated(mesh)
+
+  def put(x):
+    if (isinstance(x, jax.Array) and
+        jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    return jax.device_put(x, sharding)
+
+  return jax.tree.map(put, tree)

@@ -53,7 +53,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 
 from dynamic_at import data
 from experiments.config import Config
@@ -63,6 +62,7 @@ from experiments.config import check_source_workdir
 from experiments.config import check_workdir_compatible
 from experiments.config import check_workdir_writable
 from experiments.config import config_from_flags
+from experiments.config import initialize_multihost
 from experiments.config import set_dataset_defaults
 from experiments.config import validate_config
 from experiments.config import validate_devices
@@ -113,8 +113,7 @@ def run(config: Config) -> Optional[Dict[str, Any]]:
     The results dictionary, or ``None`` if training stopped early
     (``--stop_after_steps``).
   """
-  if config.multihost:
-    jax.distributed.initialize()
+  initialize_multihost(config)
   train_ds, test_ds = prepare(config)
   _print(f'Devices: {_devices_description()}; workdir {config.workdir}')
   result = train_loop(config, train_ds=train_ds, test_ds=test_ds)

@@ -52,7 +52,8 @@ MAY_DIFFER_ON_RESUME = (
     'workdir', 'data_dir', 'num_epochs', 'num_eval_examples',
     'eval_batch_size', 'eval_every', 'eval_every_examples', 'attacks',
     'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-    'stop_after_steps', 'source_workdir', 'multihost',
+    'stop_after_steps', 'source_workdir', 'multihost', 'coordinator_address',
+    'num_processes', 'process_id',
 )
 
 FLAGS_FILE = 'flags.json'
@@ -170,7 +171,15 @@ _SOURCE_WORKDIR = flags.DEFINE_string(
     'evaluate black-box (transfer) attacks crafted on it.')
 _MULTIHOST = flags.DEFINE_bool(
     'multihost', False, 'Call jax.distributed.initialize() first (one '
-    'process per host).')
+    'process per host). On TPU pods, SLURM, Open MPI and Kubernetes JAX finds '
+    'the coordinator itself; elsewhere give --coordinator_address, '
+    '--num_processes and --process_id.')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None, 'With --multihost: host:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'With --multihost: the number of processes.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'With --multihost: this process, 0..num_processes-1.')
 
 
 class ConfigError(ValueError):
@@ -224,6 +233,9 @@ class Config:
   stop_after_steps: int = 0
   source_workdir: Optional[str] = None
   multihost: bool = False
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
 
   def __post_init__(self):
     object.__setattr__(self, 'lr_drop_epochs',
@@ -306,6 +318,9 @@ def config_from_flags(dataset: str) -> Config:
       source_workdir=(os.path.abspath(os.path.expanduser(
           _SOURCE_WORKDIR.value)) if _SOURCE_WORKDIR.value else None),
       multihost=_MULTIHOST.value,
+      coordinator_address=_COORDINATOR_ADDRESS.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
   )
 
 
@@ -519,3 +534,17 @@ def check_source_workdir(config: Config) -> None:
   if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
     raise ConfigError(f'--source_workdir={config.source_workdir} has no '
                       f'checkpoints in {ckpt_dir}.')
+
+
+def initialize_multihost(config: Config) -> None:
+  """``jax.distributed.initialize`` for ``--multihost`` runs (else nothing).
+
+  CPU collectives use gloo, so the same command also runs several processes
+  on CPU hosts (or on one machine, as the tests do).
+  """
+  if not config.multihost:
+    return
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=config.coordinator_address,
+                             num_processes=config.num_processes,
+                             process_id=config.process_id)

@@ -22,7 +22,6 @@ from typing import Any, Dict
 
 from absl import app
 from absl import flags
-import jax
 
 from dynamic_at import data
 from dynamic_at import parallel
@@ -33,7 +32,8 @@ from experiments import reporting
 
 # The flags evaluate takes from the command line when given.
 OVERRIDABLE = ('data_dir', 'num_eval_examples', 'eval_batch_size',
-               'source_workdir', 'attacks', 'multihost')
+               'source_workdir', 'attacks', 'multihost',
+               'coordinator_address', 'num_processes', 'process_id')
 for _name in ('workdir',) + OVERRIDABLE:
   flags.declare_key_flag(_name)
 
@@ -56,8 +56,7 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> Dict[str, Any]:
     raise config_lib.ConfigError(f'evaluate does not take {sorted(unknown)}')
   config = reporting.load_saved_config(workdir).replace(workdir=workdir,
                                                         **overrides)
-  if config.multihost:
-    jax.distributed.initialize()
+  config_lib.initialize_multihost(config)
   config_lib.validate_config(config)
   config_lib.validate_devices(config, training=False)
   config_lib.check_source_workdir(config)

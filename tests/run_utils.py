@@ -1,5 +1,6 @@
 """Paths and helpers of the tests that run the entry points."""
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,17 @@ def run(module, args, env, expect_ok=True):
     raise AssertionError(f'{module} failed ({proc.returncode}):\n'
                          f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
   return proc
+
+
+def start(module, args, env):
+  """Starts ``python -m module args`` in the background (text pipes)."""
+  return subprocess.Popen([sys.executable, '-m', module, *map(str, args)],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def free_port():
+  """A TCP port on localhost that is free now."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]

@@ -11,14 +11,17 @@ import os
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from dynamic_at import data
+from dynamic_at import parallel
 from experiments import common
 from experiments import config as config_lib
 from experiments import inputs
 from experiments import outputs
+from experiments import reporting
 from experiments import training
 from tests import run_utils
 
@@ -157,6 +160,48 @@ def test_cifar10_end_to_end(tmp_path, subprocess_env):
   rows = outputs.read_metrics(str(workdir))
   assert len(rows) == 1 and rows[0]['c_t'] is None
   assert _is_png(workdir / 'training_curves.png')
+
+
+@pytest.mark.parametrize('method', ['unsecured', 'dynamic'])
+def test_multihost_two_processes_match_one_process(tmp_path, subprocess_env,
+                                                   method):
+  """--multihost with 2 JAX processes on this machine (gloo collectives),
+  each feeding its half of every batch, trains and evaluates like one."""
+  _require(MNIST_DIR)
+  # XLA's default optimisation level: at level 0 (the other tests' speed-up)
+  # the sharded and the unsharded programs round differently.
+  subprocess_env = dict(subprocess_env, XLA_FLAGS='')
+  args = [f'--flagfile={CONFIGS / f"mnist_{method}.flags"}',
+          f'--data_dir={MNIST_DIR}', '--num_epochs=1', *TINY_MNIST,
+          '--eval_every=0']
+  port = run_utils.free_port()
+  multi = [run_utils.start('experiments.mnist', [
+      *args, f'--workdir={tmp_path / "multi"}', '--multihost',
+      f'--coordinator_address=localhost:{port}', '--num_processes=2',
+      f'--process_id={i}'], subprocess_env) for i in range(2)]
+  _run('experiments.mnist', [*args, f'--workdir={tmp_path / "single"}'],
+       subprocess_env)
+  for proc in multi:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:] + err[-5000:]
+  single = json.loads((tmp_path / 'single' / 'results.json').read_text())
+  both = json.loads((tmp_path / 'multi' / 'results.json').read_text())
+  assert both['devices'].startswith('2 x cpu')
+  assert both['white_box']['clean'] == single['white_box']['clean']
+  rows_1 = outputs.read_metrics(str(tmp_path / 'single'))
+  rows_2 = outputs.read_metrics(str(tmp_path / 'multi'))
+  assert rows_2[0]['train_loss'] == pytest.approx(rows_1[0]['train_loss'],
+                                                  rel=1e-6)
+  assert rows_2[0]['steps_mean'] == pytest.approx(rows_1[0]['steps_mean'])
+  mesh = parallel.make_mesh()
+  _, s1, _ = reporting.restore_model(str(tmp_path / 'single'), (28, 28, 1),
+                                     mesh)
+  _, s2, _ = reporting.restore_model(str(tmp_path / 'multi'), (28, 28, 1),
+                                     mesh)
+  assert int(s1.step) == int(s2.step) == 4
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_tfds_mock_training_in_process(tmp_path):
