@@ -8,11 +8,13 @@ hand-written ``lax.fori_loop`` with no mask, FOSC or bookkeeping: K gradient
 evaluations. ``pgd`` makes K + 1 (the last one gives the reported FOSC and
 loss), so a fourth side adds that final evaluation to the minimal loop and
 isolates the cost of the control bookkeeping itself (mask, per-example
-selects, FOSC reductions, dynamic trip count).
+selects, FOSC reductions, dynamic trip count). A fifth side is ``pgd`` with
+``final_eval=False``: FOSC control with exactly K gradient evaluations, the
+like-for-like comparison with plain PGD (side C).
 
 All sides: MNIST CNN in inference mode with its variables passed as jit
 arguments (as in the training step), random start, step eps/4, eps 0.3.
-Alternated A, B, C, D; ratios are medians of per-round ratios. Usage:
+Alternated A to E; ratios are medians of per-round ratios. Usage:
 
   python -m benchmarks.fosc_control_cost [--batch 128] [--num_steps 10 20]
       [--rounds 10]
@@ -63,12 +65,12 @@ def main():
   key = jax.random.key(1)
   eps = 0.3
 
-  def lib(c_stop):
+  def lib(c_stop, final_eval=True):
     @jax.jit
     def f(v, x0, y, key, k):
       return _attacks.pgd(lambda z: model.apply(v, z, train=False), x0, y,
                           key, eps=eps, step_size=eps / 4, num_steps=k,
-                          c_stop=c_stop)[0]
+                          c_stop=c_stop, final_eval=final_eval)[0]
     return f
 
   def minimal(final_eval):
@@ -81,7 +83,8 @@ def main():
   fns = {'A pgd c_stop=None': lib(None),
          'B pgd c_stop=-1e30 (FOSC path)': lib(-1e30),
          'C minimal fori_loop, K grads': minimal(False),
-         'D minimal fori_loop + final eval, K+1 grads': minimal(True)}
+         'D minimal fori_loop + final eval, K+1 grads': minimal(True),
+         'E pgd c_stop=-1e30, final_eval=False (K grads)': lib(-1e30, False)}
   rows = []
   for k in args.num_steps:
     kk = jnp.int32(k)

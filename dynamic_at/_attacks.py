@@ -42,8 +42,9 @@ class _Carry(NamedTuple):
   x: jax.Array         # [B, ...]: current iterates
   active: jax.Array    # bool[B]: the control vector V of Algorithm 1
   steps: jax.Array     # i32[B]
-  grad: jax.Array      # [B, ...]: gradient at x (used by the check and the
-  loss: jax.Array      # f32[B]   next step alike)
+  grad: jax.Array      # [B, ...]: gradient at x of the active examples (used
+                       # by the check and the next step alike)
+  loss: jax.Array      # f32[B]
   fosc: jax.Array      # f32[B]
 
 
@@ -142,7 +143,8 @@ def pgd(logits_fn: LogitsFn,
         clip_max: float = 1.0,
         x_start: Optional[ArrayLike] = None,
         fosc_center: Optional[ArrayLike] = None,
-        compact: Union[bool, int] = False
+        compact: Union[bool, int] = False,
+        final_eval: bool = True
         ) -> Tuple[jax.Array, PGDInfo]:
   """L-inf PGD with FOSC control: Algorithm 1 of Wang et al. (ICML 2019).
 
@@ -155,7 +157,8 @@ def pgd(logits_fn: LogitsFn,
   after ``num_steps`` iterations. The gradient of the FOSC check is the one the
   next step uses, so control costs no extra gradient evaluation: ``pgd`` makes
   ``num_iters + 1`` gradient evaluations (the last one gives the reported FOSC
-  and loss) whether or not ``c_stop`` is set.
+  and loss; ``num_iters`` with ``final_eval=False``) whether or not ``c_stop``
+  is set.
 
   ``eps``, ``step_size``, ``num_steps`` and ``c_stop`` may be traced values:
   a jitted caller that changes them never recompiles. ``c_stop=None`` is
@@ -194,6 +197,15 @@ def pgd(logits_fn: LogitsFn,
       rest of the batch). Off by default: on the MNIST CNN at batch 128 on two
       CPU cores it saved wall time only once most examples stop early (see
       ``benchmarks/dynamic_savings.py``).
+
+    final_eval: evaluate the loss, gradient and FOSC at the points the last
+      step reached (``True``, the default: ``info`` then holds every
+      example's final FOSC and loss; ``num_iters + 1`` gradient evaluations).
+      With ``False`` the last iteration skips that evaluation, so PGD costs
+      exactly ``num_steps`` gradient evaluations like a plain PGD loop, and
+      ``info.fosc`` and ``info.loss`` are NaN for the examples that were still
+      moving at the end (frozen examples keep their values). The returned
+      points are the same either way.
 
   Returns:
     ``(x_adv, info)``: ``x_adv`` shaped like ``x0`` (gradient-stopped) and a
@@ -265,16 +277,23 @@ def pgd(logits_fn: LogitsFn,
   def body(c: _Carry) -> _Carry:
     x_new = step(c.x, x0, c.grad, _expand(eps_b, x0), _expand(step_b, x0),
                  c.active, clip_min, clip_max)
-    loss_new, grad_new, fosc_new = evaluate_active(x_new, c.active)
-    keep = _expand(c.active, x0)
-    # A frozen example keeps the values it had when it was frozen (its point
-    # and the model are unchanged, so they are also its current values).
+    if final_eval:
+      loss_new, grad_new, fosc_new = evaluate_active(x_new, c.active)
+    else:
+      nan = jnp.full((batch,), jnp.nan, jnp.float32)
+      loss_new, grad_new, fosc_new = jax.lax.cond(
+          c.k + 1 < num_steps, lambda: evaluate_active(x_new, c.active),
+          lambda: (nan, c.grad, nan))
+    # A frozen example keeps the loss and FOSC it had when it was frozen (its
+    # point and the model are unchanged, so they are also its current
+    # values). Its gradient is never used again (it takes no more steps), so
+    # the carry takes the new one as it is, without a select over the batch.
     return _Carry(
         k=c.k + 1,
         x=x_new,
         active=c.active & (fosc_new > c_stop),
         steps=c.steps + c.active.astype(jnp.int32),
-        grad=jnp.where(keep, grad_new, c.grad),
+        grad=grad_new,
         loss=jnp.where(c.active, loss_new, c.loss),
         fosc=jnp.where(c.active, fosc_new, c.fosc))
 

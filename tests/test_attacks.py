@@ -290,6 +290,39 @@ def test_pgd_raises_attack_loss_on_nonlinear_model():
   assert float(jnp.mean(info.loss)) > float(jnp.mean(clean)) + 0.1
 
 
+@pytest.mark.parametrize('c_stop', [None, 0.5])
+def test_final_eval_false_costs_k_gradients_and_moves_the_same(c_stop):
+  params = _mlp_params()
+  x0, y = _data(16, low=0.2, high=0.8)
+  calls = []
+
+  def counting_logits(x):
+    jax.debug.callback(lambda: calls.append(1))
+    return _mlp(params, x)
+
+  def run(final_eval):
+    calls.clear()
+    out = jax.jit(lambda k: dat.pgd(
+        counting_logits, x0, y, k, eps=0.1, step_size=0.025, num_steps=6,
+        c_stop=c_stop, final_eval=final_eval))(jax.random.key(0))
+    jax.block_until_ready(out)
+    return out, len(calls)
+
+  (x_a, info_a), n_a = run(True)
+  (x_b, info_b), n_b = run(False)
+  np.testing.assert_array_equal(x_a, x_b)
+  np.testing.assert_array_equal(info_a.steps, info_b.steps)
+  iters = int(info_a.num_iters)
+  assert n_a == iters + 1
+  assert n_b == iters if iters == 6 else iters + 1
+  moving = np.asarray(info_b.steps) == 6
+  assert np.all(np.isnan(np.asarray(info_b.fosc)[moving]))
+  np.testing.assert_array_equal(np.asarray(info_b.fosc)[~moving],
+                                np.asarray(info_a.fosc)[~moving])
+  if c_stop is None:
+    assert iters == 6 and moving.all()
+
+
 def test_random_start_needs_key():
   x0, y = _data(2)
   with pytest.raises(ValueError, match='PRNG key'):
