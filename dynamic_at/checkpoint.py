@@ -34,6 +34,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dynamic_at import parallel
 from dynamic_at import train
 
 PathLike = Any  # str or os.PathLike
@@ -41,16 +42,10 @@ PathLike = Any  # str or os.PathLike
 _STATE_FIELDS = ('params', 'batch_stats', 'opt_state', 'step')
 
 
-def _is_typed_key(x: Any) -> bool:
-  dtype = getattr(x, 'dtype', None)
-  return dtype is not None and jax.dtypes.issubdtype(dtype,
-                                                     jax.dtypes.prng_key)
-
-
 def encode_keys(tree: Any) -> Any:
   """Replaces every typed PRNG key leaf by its ``jax.random.key_data``."""
   return jax.tree.map(
-      lambda x: jax.random.key_data(x) if _is_typed_key(x) else x, tree)
+      lambda x: jax.random.key_data(x) if parallel.is_typed_key(x) else x, tree)
 
 
 def decode_keys(tree: Any, like: Any) -> Any:
@@ -58,7 +53,7 @@ def decode_keys(tree: Any, like: Any) -> Any:
   ``like`` (same structure as ``tree``) with their key implementation."""
   return jax.tree.map(
       lambda x, ref: (jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
-                      if _is_typed_key(ref) else x), tree, like)
+                      if parallel.is_typed_key(ref) else x), tree, like)
 
 
 def _abstract(tree: Any) -> Any:

@@ -55,6 +55,13 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> Any:
           for k, v in local.items()}
 
 
+def is_typed_key(x: Any) -> bool:
+  """Whether ``x`` is an array of typed PRNG keys (``jax.random.key``)."""
+  dtype = getattr(x, 'dtype', None)
+  return dtype is not None and jax.dtypes.issubdtype(dtype,
+                                                     jax.dtypes.prng_key)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a pytree (e.g. a fresh train state) replicated on the mesh.
 
@@ -64,8 +71,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   sharding = replicated(mesh)
 
   def put(x):
-    if (isinstance(x, jax.Array) and
-        jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)):
+    if is_typed_key(x):
       return jax.random.wrap_key_data(put(jax.random.key_data(x)),
                                       impl=jax.random.key_impl(x))
     return jax.device_put(x, sharding)
