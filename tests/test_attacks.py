@@ -9,29 +9,13 @@ import numpy as np
 import pytest
 
 import dynamic_at as dat
+from tests import tiny_mlp
 
-_SHAPE = (4, 4, 1)
-_NUM_CLASSES = 5
-
-
-def _mlp_params(seed=0):
-  k1, k2 = jax.random.split(jax.random.key(seed))
-  d = int(np.prod(_SHAPE))
-  return (jax.random.normal(k1, (d, 16)) * 2.0,
-          jax.random.normal(k2, (16, _NUM_CLASSES)))
-
-
-def _mlp(params, x):
-  """A tiny smooth nonlinear model: a batch of images -> logits."""
-  w1, w2 = params
-  return jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
-
-
-def _data(batch=16, seed=0, low=0.0, high=1.0):
-  rng = np.random.default_rng(seed)
-  x0 = jnp.float32(rng.uniform(low, high, (batch,) + _SHAPE))
-  y = jnp.int32(rng.integers(0, _NUM_CLASSES, batch))
-  return x0, y
+_SHAPE = tiny_mlp.SHAPE
+_NUM_CLASSES = tiny_mlp.NUM_CLASSES
+_mlp_params = tiny_mlp.mlp_params
+_mlp = tiny_mlp.mlp
+_data = tiny_mlp.data
 
 
 @functools.partial(jax.jit, static_argnames=('random_start', 'loss',
