@@ -59,361 +59,389 @@ _kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
-    """Creates a BatchNorm layer with PyTorch-like hyper-parameters.
+  """Creates a BatchNorm layer with PyTorch-like hyper-parameters.
 
-    Args:
-        train: If True, normalise with batch statistics and update the running
-            averages; otherwise use the running averages.
-        name: Optional submodule name.
+  Args:
+      train: If True, normalise with batch statistics and update the running
+          averages; otherwise use the running averages.
+      name: Optional submodule name.
 
-    Returns:
-        A configured ``flax.linen.BatchNorm`` module.
-    """
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=_BN_MOMENTUM,
-        epsilon=_BN_EPSILON,
-        name=name,
-    )
+  Returns:
+      A configured ``flax.linen.BatchNorm`` module.
+  """
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=_BN_MOMENTUM,
+      epsilon=_BN_EPSILON,
+      name=name,
+  )
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling with stride 2 ('VALID' padding), NHWC.
+  """2x2 max pooling with stride 2 ('VALID' padding), NHWC.
 
-    Implemented as a reshape to ``[B, H/2, 2, W/2, 2, C]`` followed by
-    ``jnp.max`` over axes (2, 4). The forward result is identical to
-    ``flax.linen.max_pool(x, (2, 2), strides=(2, 2))``, but the backward pass
-    avoids XLA's ``select_and_scatter`` which is slow on the CPU backend
-    (measured to make an MNIST PGD training step roughly 46% faster).
+  Implemented as a reshape to ``[B, H/2, 2, W/2, 2, C]`` followed by
+  ``jnp.max`` over axes (2, 4). The forward result is identical to
+  ``flax.linen.max_pool(x, (2, 2), strides=(2, 2))``, but the backward pass
+  avoids XLA's ``select_and_scatter`` which is slow on the CPU backend
+  (measured to make an MNIST PGD training step roughly 46% faster).
 
-    If ``H`` or ``W`` is odd, the last row/column is cropped before pooling,
-    which matches 'VALID' padding of ``flax.linen.max_pool``
-    (output size ``floor(H/2) x floor(W/2)``).
+  If ``H`` or ``W`` is odd, the last row/column is cropped before pooling,
+  which matches 'VALID' padding of ``flax.linen.max_pool``
+  (output size ``floor(H/2) x floor(W/2)``).
 
-    Gradient ties: when several entries of a window are equal to the maximum,
-    the gradient of ``jnp.max`` is split evenly among them, whereas
-    ``flax.linen.max_pool`` routes it all to a single entry. Both are valid
-    subgradients; on inputs without ties the gradients are identical.
+  Gradient ties: when several entries of a window are equal to the maximum,
+  the gradient of ``jnp.max`` is split evenly among them, whereas
+  ``flax.linen.max_pool`` routes it all to a single entry. Both are valid
+  subgradients; on inputs without ties the gradients are identical.
 
-    Args:
-        x: Array of shape ``[B, H, W, C]``.
+  Args:
+      x: Array of shape ``[B, H, W, C]``.
 
-    Returns:
-        Array of shape ``[B, H // 2, W // 2, C]``.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"max_pool_2x2 expects NHWC input, got shape {x.shape}")
-    b, h, w, c = x.shape
-    h2, w2 = h // 2, w // 2
-    x = x[:, : 2 * h2, : 2 * w2, :]
-    x = x.reshape(b, h2, 2, w2, 2, c)
-    return jnp.max(x, axis=(2, 4))
+  Returns:
+      Array of shape ``[B, H // 2, W // 2, C]``.
+  """
+  if x.ndim != 4:
+    raise ValueError(f"max_pool_2x2 expects NHWC input, got shape {x.shape}")
+  b, h, w, c = x.shape
+  h2, w2 = h // 2, w // 2
+  x = x[:, : 2 * h2, : 2 * w2, :]
+  x = x.reshape(b, h2, 2, w2, 2, c)
+  return jnp.max(x, axis=(2, 4))
 
 
 def _same_conv(lhs: jax.Array, rhs: jax.Array, padding) -> jax.Array:
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_s1(lhs: jax.Array, rhs: jax.Array, padding) -> jax.Array:
-    return _same_conv(lhs, rhs, padding)
+  return _same_conv(lhs, rhs, padding)
 
 
 def _conv_s1_fwd(lhs, rhs, padding):
-    return _same_conv(lhs, rhs, padding), (lhs, rhs)
+  return _same_conv(lhs, rhs, padding), (lhs, rhs)
 
 
 def _conv_s1_bwd(padding, res, g):
-    lhs, rhs = res
-    kh, kw = rhs.shape[:2]
-    (pt, pb), (pl, pr) = padding
-    # The input gradient is the 'full' correlation of g with the spatially
-    # flipped kernel whose in/out features are swapped. Materialised behind an
-    # optimization barrier so that XLA keeps the kernel in HWIO order instead
-    # of folding the transpose into the convolution's dimension numbers (an
-    # 'OIHW-like' kernel that the CPU backend runs on a slow path).
-    rt = jax.lax.optimization_barrier(jnp.flip(rhs, (0, 1)).transpose(0, 1, 3, 2))
-    dx = _same_conv(g, rt, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
-    _, vjp = jax.vjp(lambda w: _same_conv(lhs, w, padding), rhs)
-    return dx, vjp(g)[0]
+  lhs, rhs = res
+  kh, kw = rhs.shape[:2]
+  (pt, pb), (pl, pr) = padding
+  # The input gradient is the 'full' correlation of g with the spatially
+  # flipped kernel whose in/out features are swapped. Materialised behind an
+  # optimization barrier so that XLA keeps the kernel in HWIO order instead
+  # of folding the transpose into the convolution's dimension numbers (an
+  # 'OIHW-like' kernel that the CPU backend runs on a slow path).
+  rt = jax.lax.optimization_barrier(jnp.flip(rhs, (0, 1)).transpose(0, 1, 3, 2))
+  dx = _same_conv(
+      g, rt, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
+  )
+  _, vjp = jax.vjp(lambda w: _same_conv(lhs, w, padding), rhs)
+  return dx, vjp(g)[0]
 
 
 _conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
-    """``lax.conv_general_dilated`` with a CPU-friendly input gradient.
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
+  """``lax.conv_general_dilated`` with a CPU-friendly input gradient.
 
-    Used by the models' convolutions. For the case they use (NHWC/HWIO,
-    stride 1, no dilation, one group) the forward pass is the same
-    convolution, and the backward pass computes the input gradient as a
-    convolution with an explicitly transposed HWIO kernel; every other case
-    falls through to ``lax.conv_general_dilated``.
+  Used by the models' convolutions. For the case they use (NHWC/HWIO,
+  stride 1, no dilation, one group) the forward pass is the same
+  convolution, and the backward pass computes the input gradient as a
+  convolution with an explicitly transposed HWIO kernel; every other case
+  falls through to ``lax.conv_general_dilated``.
 
-    Why: for the input gradient JAX's transpose rule emits a convolution with
-    a reversed kernel whose feature dimensions are swapped
-    (``dim_labels=..._01oi``). With a traced kernel (parameters passed to a
-    jitted step, as in training) XLA's CPU backend (jax 0.10.2) runs that
-    convolution on a slow path instead of its YNNPACK kernels: it took about
-    60% of the PGD-10 training step of the MNIST CNN. Materialising the
-    transposed kernel made the step 2.1x faster on MNIST and CIFAR-10 with
-    bit-identical parameters after a step (``python -m benchmarks.conv_grad``).
+  Why: for the input gradient JAX's transpose rule emits a convolution with
+  a reversed kernel whose feature dimensions are swapped
+  (``dim_labels=..._01oi``). With a traced kernel (parameters passed to a
+  jitted step, as in training) XLA's CPU backend (jax 0.10.2) runs that
+  convolution on a slow path instead of its YNNPACK kernels: it took about
+  60% of the PGD-10 training step of the MNIST CNN. Materialising the
+  transposed kernel made the step 2.1x faster on MNIST and CIFAR-10 with
+  bit-identical parameters after a step (``python -m benchmarks.conv_grad``).
 
-    The rule is a ``jax.custom_vjp``: reverse mode (``grad``, ``vjp``, also
-    reverse-over-reverse) works; forward mode (``jvp``, ``jacfwd``) through
-    these convolutions does not (nothing in this project uses it).
-    """
-    simple = (
-        tuple(window_strides) == (1, 1)
-        and lhs_dilation in (None, (1, 1))
-        and rhs_dilation in (None, (1, 1))
-        and feature_group_count == 1 and batch_group_count == 1
-        and precision is None and preferred_element_type is None
-        and lhs.ndim == 4
-        and dimension_numbers is not None
-        and tuple(getattr(dimension_numbers, "lhs_spec", ())) == (0, 3, 1, 2)
-        and tuple(getattr(dimension_numbers, "rhs_spec", ())) == (3, 2, 0, 1)
-        and tuple(getattr(dimension_numbers, "out_spec", ())) == (0, 3, 1, 2)
-    )
-    if simple:
-        if isinstance(padding, str):
-            padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
-        return _conv_s1(lhs, rhs, tuple(tuple(int(q) for q in p) for p in padding))
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
+  The rule is a ``jax.custom_vjp``: reverse mode (``grad``, ``vjp``, also
+  reverse-over-reverse) works; forward mode (``jvp``, ``jacfwd``) through
+  these convolutions does not (nothing in this project uses it).
+  """
+  simple = (
+      tuple(window_strides) == (1, 1)
+      and lhs_dilation in (None, (1, 1))
+      and rhs_dilation in (None, (1, 1))
+      and feature_group_count == 1
+      and batch_group_count == 1
+      and precision is None
+      and preferred_element_type is None
+      and lhs.ndim == 4
+      and dimension_numbers is not None
+      and tuple(getattr(dimension_numbers, "lhs_spec", ())) == (0, 3, 1, 2)
+      and tuple(getattr(dimension_numbers, "rhs_spec", ())) == (3, 2, 0, 1)
+      and tuple(getattr(dimension_numbers, "out_spec", ())) == (0, 3, 1, 2)
+  )
+  if simple:
+    if isinstance(padding, str):
+      padding = jax.lax.padtype_to_pads(
+          lhs.shape[1:3], rhs.shape[:2], (1, 1), padding
+      )
+    return _conv_s1(lhs, rhs, tuple(tuple(int(q) for q in p) for p in padding))
+  return jax.lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+  )
 
 
-def _normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-    """Applies fixed per-channel normalisation ``(x - mean) / std``.
+def _normalize(
+    x: jax.Array, mean: Sequence[float], std: Sequence[float]
+) -> jax.Array:
+  """Applies fixed per-channel normalisation ``(x - mean) / std``.
 
-    Args:
-        x: NHWC images in [0, 1].
-        mean: Per-channel means.
-        std: Per-channel standard deviations.
+  Args:
+      x: NHWC images in [0, 1].
+      mean: Per-channel means.
+      std: Per-channel standard deviations.
 
-    Returns:
-        The normalised images, same shape and dtype as ``x``.
-    """
-    mean_arr = jnp.asarray(mean, dtype=x.dtype)
-    std_arr = jnp.asarray(std, dtype=x.dtype)
-    return (x - mean_arr) / std_arr
+  Returns:
+      The normalised images, same shape and dtype as ``x``.
+  """
+  mean_arr = jnp.asarray(mean, dtype=x.dtype)
+  std_arr = jnp.asarray(std, dtype=x.dtype)
+  return (x - mean_arr) / std_arr
 
 
 class MnistCNN(nn.Module):
-    """Small CNN for MNIST.
+  """Small CNN for MNIST.
 
-    Architecture: conv3x3-32 + BN + ReLU + maxpool2, conv3x3-64 + BN + ReLU +
-    maxpool2, flatten, dense-128 + ReLU, dense-``num_classes``.
-    No input normalisation (inputs in [0, 1] are used as is).
+  Architecture: conv3x3-32 + BN + ReLU + maxpool2, conv3x3-64 + BN + ReLU +
+  maxpool2, flatten, dense-128 + ReLU, dense-``num_classes``.
+  No input normalisation (inputs in [0, 1] are used as is).
 
-    Attributes:
-        num_classes: Number of output logits.
+  Attributes:
+      num_classes: Number of output logits.
+  """
+
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Computes logits.
+
+    Args:
+        x: Images ``[B, 28, 28, 1]`` with values in [0, 1].
+        train: Whether BatchNorm uses (and updates) batch statistics.
+
+    Returns:
+        Logits of shape ``[B, num_classes]``.
     """
-
-    num_classes: int = 10
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Computes logits.
-
-        Args:
-            x: Images ``[B, 28, 28, 1]`` with values in [0, 1].
-            train: Whether BatchNorm uses (and updates) batch statistics.
-
-        Returns:
-            Logits of shape ``[B, num_classes]``.
-        """
-        for features in (32, 64):
-            x = nn.Conv(
-                features, (3, 3), padding="SAME",
-                conv_general_dilated=conv_general_dilated,
-            )(x)
-            x = _batch_norm(train)(x)
-            x = nn.relu(x)
-            x = max_pool_2x2(x)
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(128)(x))
-        return nn.Dense(self.num_classes)(x)
+    for features in (32, 64):
+      x = nn.Conv(
+          features,
+          (3, 3),
+          padding="SAME",
+          conv_general_dilated=conv_general_dilated,
+      )(x)
+      x = _batch_norm(train)(x)
+      x = nn.relu(x)
+      x = max_pool_2x2(x)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(128)(x))
+    return nn.Dense(self.num_classes)(x)
 
 
 class Cifar10CNN(nn.Module):
-    """The 8-layer CNN for CIFAR-10 of Wang et al. (2019).
+  """The 8-layer CNN for CIFAR-10 of Wang et al. (2019).
 
-    Architecture: [conv64 x2, pool], [conv128 x2, pool], [conv196 x2, pool],
-    each conv 3x3 'SAME' + BN + ReLU; flatten; dense-256 + BN + ReLU;
-    dense-``num_classes``. Inputs are normalised inside the model with the
-    fixed CIFAR-10 per-channel mean/std.
+  Architecture: [conv64 x2, pool], [conv128 x2, pool], [conv196 x2, pool],
+  each conv 3x3 'SAME' + BN + ReLU; flatten; dense-256 + BN + ReLU;
+  dense-``num_classes``. Inputs are normalised inside the model with the
+  fixed CIFAR-10 per-channel mean/std.
 
-    Attributes:
-        num_classes: Number of output logits.
-        normalize: Whether to apply CIFAR-10 mean/std normalisation.
+  Attributes:
+      num_classes: Number of output logits.
+      normalize: Whether to apply CIFAR-10 mean/std normalisation.
+  """
+
+  num_classes: int = 10
+  normalize: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Computes logits.
+
+    Args:
+        x: Images ``[B, 32, 32, 3]`` with values in [0, 1].
+        train: Whether BatchNorm uses (and updates) batch statistics.
+
+    Returns:
+        Logits of shape ``[B, num_classes]``.
     """
-
-    num_classes: int = 10
-    normalize: bool = True
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Computes logits.
-
-        Args:
-            x: Images ``[B, 32, 32, 3]`` with values in [0, 1].
-            train: Whether BatchNorm uses (and updates) batch statistics.
-
-        Returns:
-            Logits of shape ``[B, num_classes]``.
-        """
-        if self.normalize:
-            x = _normalize(x, CIFAR10_MEAN, CIFAR10_STD)
-        for features in (64, 128, 196):
-            for _ in range(2):
-                x = nn.Conv(
-                    features, (3, 3), padding="SAME",
-                    conv_general_dilated=conv_general_dilated,
-                )(x)
-                x = _batch_norm(train)(x)
-                x = nn.relu(x)
-            x = max_pool_2x2(x)
-        x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(256)(x)
+    if self.normalize:
+      x = _normalize(x, CIFAR10_MEAN, CIFAR10_STD)
+    for features in (64, 128, 196):
+      for _ in range(2):
+        x = nn.Conv(
+            features,
+            (3, 3),
+            padding="SAME",
+            conv_general_dilated=conv_general_dilated,
+        )(x)
         x = _batch_norm(train)(x)
         x = nn.relu(x)
-        return nn.Dense(self.num_classes)(x)
+      x = max_pool_2x2(x)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.Dense(256)(x)
+    x = _batch_norm(train)(x)
+    x = nn.relu(x)
+    return nn.Dense(self.num_classes)(x)
 
 
 class _WideBasicBlock(nn.Module):
-    """Pre-activation wide basic block (Madry / TRADES WRN).
+  """Pre-activation wide basic block (Madry / TRADES WRN).
 
-    ``BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3`` plus a shortcut. When the
-    number of channels changes, the shortcut is a 1x1 strided convolution of
-    the pre-activated input; otherwise it is the identity on the raw input.
+  ``BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3`` plus a shortcut. When the
+  number of channels changes, the shortcut is a 1x1 strided convolution of
+  the pre-activated input; otherwise it is the identity on the raw input.
 
-    Attributes:
-        out_channels: Number of output channels.
-        stride: Stride of the first convolution (and of the shortcut).
+  Attributes:
+      out_channels: Number of output channels.
+      stride: Stride of the first convolution (and of the shortcut).
+  """
+
+  out_channels: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    """Applies the block.
+
+    Args:
+        x: NHWC feature map.
+        train: Whether BatchNorm uses (and updates) batch statistics.
+
+    Returns:
+        The output feature map.
     """
-
-    out_channels: int
-    stride: int = 1
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """Applies the block.
-
-        Args:
-            x: NHWC feature map.
-            train: Whether BatchNorm uses (and updates) batch statistics.
-
-        Returns:
-            The output feature map.
-        """
-        conv = functools.partial(
-            nn.Conv, use_bias=False, kernel_init=_kaiming_fan_out
-        )
-        equal_in_out = x.shape[-1] == self.out_channels
-        act = nn.relu(_batch_norm(train, name="bn1")(x))
-        if equal_in_out:
-            if self.stride != 1:
-                raise ValueError("identity shortcut requires stride 1")
-            shortcut = x
-        else:
-            shortcut = conv(
-                self.out_channels,
-                (1, 1),
-                strides=(self.stride, self.stride),
-                padding="VALID",
-                name="shortcut",
-            )(act)
-        out = conv(
-            self.out_channels,
-            (3, 3),
-            strides=(self.stride, self.stride),
-            padding=((1, 1), (1, 1)),
-            name="conv1",
-        )(act)
-        out = nn.relu(_batch_norm(train, name="bn2")(out))
-        out = conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(
-            out
-        )
-        return out + shortcut
+    conv = functools.partial(
+        nn.Conv, use_bias=False, kernel_init=_kaiming_fan_out
+    )
+    equal_in_out = x.shape[-1] == self.out_channels
+    act = nn.relu(_batch_norm(train, name="bn1")(x))
+    if equal_in_out:
+      if self.stride != 1:
+        raise ValueError("identity shortcut requires stride 1")
+      shortcut = x
+    else:
+      shortcut = conv(
+          self.out_channels,
+          (1, 1),
+          strides=(self.stride, self.stride),
+          padding="VALID",
+          name="shortcut",
+      )(act)
+    out = conv(
+        self.out_channels,
+        (3, 3),
+        strides=(self.stride, self.stride),
+        padding=((1, 1), (1, 1)),
+        name="conv1",
+    )(act)
+    out = nn.relu(_batch_norm(train, name="bn2")(out))
+    out = conv(
+        self.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="conv2"
+    )(out)
+    return out + shortcut
 
 
 class WideResNet(nn.Module):
-    """Pre-activation Wide ResNet (Zagoruyko & Komodakis), as in Madry/TRADES.
+  """Pre-activation Wide ResNet (Zagoruyko & Komodakis), as in Madry/TRADES.
 
-    A 3x3 conv stem with 16 channels is followed by three groups of
-    ``(depth - 4) // 6`` wide basic blocks with ``16k``, ``32k`` and ``64k``
-    channels (``k = width``; strides 1, 2, 2), then BN + ReLU, global average
-    pooling and a dense classifier. WRN-34-10 has about 46.2M parameters.
-    Inputs are normalised inside the model with the fixed CIFAR-10
-    per-channel mean/std (set ``normalize=False`` to feed raw [0, 1] pixels,
-    as TRADES does).
+  A 3x3 conv stem with 16 channels is followed by three groups of
+  ``(depth - 4) // 6`` wide basic blocks with ``16k``, ``32k`` and ``64k``
+  channels (``k = width``; strides 1, 2, 2), then BN + ReLU, global average
+  pooling and a dense classifier. WRN-34-10 has about 46.2M parameters.
+  Inputs are normalised inside the model with the fixed CIFAR-10
+  per-channel mean/std (set ``normalize=False`` to feed raw [0, 1] pixels,
+  as TRADES does).
 
-    Attributes:
-        depth: Network depth; ``(depth - 4)`` must be divisible by 6.
-        width: Widening factor ``k``.
-        num_classes: Number of output logits.
-        normalize: Whether to apply CIFAR-10 mean/std normalisation.
+  Attributes:
+      depth: Network depth; ``(depth - 4)`` must be divisible by 6.
+      width: Widening factor ``k``.
+      num_classes: Number of output logits.
+      normalize: Whether to apply CIFAR-10 mean/std normalisation.
+  """
+
+  depth: int = 34
+  width: int = 10
+  num_classes: int = 10
+  normalize: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Computes logits.
+
+    Args:
+        x: Images ``[B, H, W, 3]`` with values in [0, 1].
+        train: Whether BatchNorm uses (and updates) batch statistics.
+
+    Returns:
+        Logits of shape ``[B, num_classes]``.
+
+    Raises:
+        ValueError: If ``depth`` is invalid or ``width`` is not positive.
     """
-
-    depth: int = 34
-    width: int = 10
-    num_classes: int = 10
-    normalize: bool = True
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Computes logits.
-
-        Args:
-            x: Images ``[B, H, W, 3]`` with values in [0, 1].
-            train: Whether BatchNorm uses (and updates) batch statistics.
-
-        Returns:
-            Logits of shape ``[B, num_classes]``.
-
-        Raises:
-            ValueError: If ``depth`` is invalid or ``width`` is not positive.
-        """
-        if self.depth < 10 or (self.depth - 4) % 6 != 0:
-            raise ValueError(
-                f"WideResNet depth must satisfy (depth - 4) % 6 == 0 and "
-                f"depth >= 10, got depth={self.depth}"
-            )
-        if self.width < 1:
-            raise ValueError(f"WideResNet width must be >= 1, got width={self.width}")
-        n = (self.depth - 4) // 6
-        if self.normalize:
-            x = _normalize(x, CIFAR10_MEAN, CIFAR10_STD)
-        x = nn.Conv(
-            16,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            kernel_init=_kaiming_fan_out,
-            name="stem",
-        )(x)
-        widths = (16 * self.width, 32 * self.width, 64 * self.width)
-        strides = (1, 2, 2)
-        for g, (ch, stride) in enumerate(zip(widths, strides)):
-            for i in range(n):
-                x = _WideBasicBlock(
-                    ch, stride if i == 0 else 1, name=f"group{g}_block{i}"
-                )(x, train)
-        x = nn.relu(_batch_norm(train, name="bn_final")(x))
-        x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(
-            self.num_classes, bias_init=nn.initializers.zeros, name="classifier"
-        )(x)
+    if self.depth < 10 or (self.depth - 4) % 6 != 0:
+      raise ValueError(
+          f"WideResNet depth must satisfy (depth - 4) % 6 == 0 and "
+          f"depth >= 10, got depth={self.depth}"
+      )
+    if self.width < 1:
+      raise ValueError(f"WideResNet width must be >= 1, got width={self.width}")
+    n = (self.depth - 4) // 6
+    if self.normalize:
+      x = _normalize(x, CIFAR10_MEAN, CIFAR10_STD)
+    x = nn.Conv(
+        16,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        use_bias=False,
+        kernel_init=_kaiming_fan_out,
+        name="stem",
+    )(x)
+    widths = (16 * self.width, 32 * self.width, 64 * self.width)
+    strides = (1, 2, 2)
+    for g, (ch, stride) in enumerate(zip(widths, strides)):
+      for i in range(n):
+        x = _WideBasicBlock(
+            ch, stride if i == 0 else 1, name=f"group{g}_block{i}"
+        )(x, train)
+    x = nn.relu(_batch_norm(train, name="bn_final")(x))
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(
+        self.num_classes, bias_init=nn.initializers.zeros, name="classifier"
+    )(x)
 
 
 _MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {
@@ -426,38 +454,40 @@ MODEL_NAMES: tuple[str, ...] = tuple(_MODEL_FACTORIES)
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-    """Builds a model by name.
+  """Builds a model by name.
 
-    Args:
-        name: One of ``'mnist_cnn'``, ``'cifar10_cnn'``, ``'wrn'``.
-        **kwargs: Forwarded to the model constructor (e.g. ``depth`` and
-            ``width`` for ``'wrn'``, ``num_classes`` for any model).
+  Args:
+      name: One of ``'mnist_cnn'``, ``'cifar10_cnn'``, ``'wrn'``.
+      **kwargs: Forwarded to the model constructor (e.g. ``depth`` and
+          ``width`` for ``'wrn'``, ``num_classes`` for any model).
 
-    Returns:
-        The (uninitialised) Flax module.
+  Returns:
+      The (uninitialised) Flax module.
 
-    Raises:
-        ValueError: If ``name`` is unknown.
-    """
-    try:
-        factory = _MODEL_FACTORIES[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}"
-        ) from None
-    return factory(**kwargs)
+  Raises:
+      ValueError: If ``name`` is unknown.
+  """
+  try:
+    factory = _MODEL_FACTORIES[name]
+  except KeyError:
+    raise ValueError(
+        f"Unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}"
+    ) from None
+  return factory(**kwargs)
 
 
 def count_params(params: Any) -> int:
-    """Counts the scalar entries of a parameter pytree.
+  """Counts the scalar entries of a parameter pytree.
 
-    Works on concrete arrays and on ``jax.ShapeDtypeStruct`` leaves (e.g. the
-    output of ``jax.eval_shape``).
+  Works on concrete arrays and on ``jax.ShapeDtypeStruct`` leaves (e.g. the
+  output of ``jax.eval_shape``).
 
-    Args:
-        params: A pytree of arrays (e.g. ``variables['params']``).
+  Args:
+      params: A pytree of arrays (e.g. ``variables['params']``).
 
-    Returns:
-        The total number of scalars.
-    """
-    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+  Returns:
+      The total number of scalars.
+  """
+  return int(
+      sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+  )

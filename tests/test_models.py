@@ -32,222 +32,234 @@ MODEL_CASES = [
 
 
 def _images(key: jax.Array, batch: int, shape: tuple[int, ...]) -> jax.Array:
-    return jax.random.uniform(key, (batch, *shape), dtype=jnp.float32)
+  return jax.random.uniform(key, (batch, *shape), dtype=jnp.float32)
 
 
 def _conv(k: int, cin: int, cout: int, bias: bool = True) -> int:
-    return k * k * cin * cout + (cout if bias else 0)
+  return k * k * cin * cout + (cout if bias else 0)
 
 
 def _bn(c: int) -> int:
-    return 2 * c  # scale + bias
+  return 2 * c  # scale + bias
 
 
 def _dense(fin: int, fout: int) -> int:
-    return fin * fout + fout
+  return fin * fout + fout
 
 
-@pytest.fixture(scope="module", params=MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
+@pytest.fixture(
+    scope="module", params=MODEL_CASES, ids=[c[0] for c in MODEL_CASES]
+)
 def initialised(request):
-    name, kwargs, shape = request.param
-    model = get_model(name, **kwargs)
-    x = _images(jax.random.PRNGKey(0), 4, shape)
-    # Jitted init is much faster than eager op-by-op dispatch on CPU.
-    variables = jax.jit(lambda k, x: model.init(k, x, train=False))(
-        jax.random.PRNGKey(1), x
-    )
-    return model, variables, x
+  name, kwargs, shape = request.param
+  model = get_model(name, **kwargs)
+  x = _images(jax.random.PRNGKey(0), 4, shape)
+  # Jitted init is much faster than eager op-by-op dispatch on CPU.
+  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(
+      jax.random.PRNGKey(1), x
+  )
+  return model, variables, x
 
 
 def test_output_shape_and_finite(initialised):
-    model, variables, x = initialised
-    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
-    assert logits.shape == (x.shape[0], 10)
-    assert logits.dtype == jnp.float32
-    assert bool(jnp.all(jnp.isfinite(logits)))
+  model, variables, x = initialised
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  assert logits.shape == (x.shape[0], 10)
+  assert logits.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(logits)))
 
 
 def test_variables_are_float32_and_only_params_and_batch_stats(initialised):
-    _, variables, _ = initialised
-    assert set(variables.keys()) == {"params", "batch_stats"}
-    for leaf in jax.tree_util.tree_leaves(variables):
-        assert leaf.dtype == jnp.float32
+  _, variables, _ = initialised
+  assert set(variables.keys()) == {"params", "batch_stats"}
+  for leaf in jax.tree_util.tree_leaves(variables):
+    assert leaf.dtype == jnp.float32
 
 
 def test_train_mode_updates_batch_stats(initialised):
-    model, variables, x = initialised
-    logits, updates = jax.jit(
-        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
-    )(variables, x)
-    assert logits.shape == (x.shape[0], 10)
-    assert bool(jnp.all(jnp.isfinite(logits)))
-    old = jax.tree_util.tree_leaves(variables["batch_stats"])
-    new = jax.tree_util.tree_leaves(updates["batch_stats"])
-    assert len(old) == len(new) > 0
-    assert jax.tree_util.tree_structure(
-        variables["batch_stats"]
-    ) == jax.tree_util.tree_structure(updates["batch_stats"])
-    # Every running mean/var moves away from its init (0 / 1).
-    for o, n in zip(old, new):
-        assert not np.allclose(np.asarray(o), np.asarray(n))
+  model, variables, x = initialised
+  logits, updates = jax.jit(
+      lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
+  )(variables, x)
+  assert logits.shape == (x.shape[0], 10)
+  assert bool(jnp.all(jnp.isfinite(logits)))
+  old = jax.tree_util.tree_leaves(variables["batch_stats"])
+  new = jax.tree_util.tree_leaves(updates["batch_stats"])
+  assert len(old) == len(new) > 0
+  assert jax.tree_util.tree_structure(
+      variables["batch_stats"]
+  ) == jax.tree_util.tree_structure(updates["batch_stats"])
+  # Every running mean/var moves away from its init (0 / 1).
+  for o, n in zip(old, new):
+    assert not np.allclose(np.asarray(o), np.asarray(n))
 
 
 def test_eval_mode_is_per_example_independent(initialised):
-    model, variables, x = initialised
-    batch_a = jnp.stack([x[0], x[1]])
-    batch_b = jnp.stack([x[0], x[2]])
-    apply = jax.jit(lambda v, b: model.apply(v, b, train=False))
-    out_a = np.asarray(apply(variables, batch_a))
-    out_b = np.asarray(apply(variables, batch_b))
-    np.testing.assert_array_equal(out_a[0], out_b[0])
-    assert not np.array_equal(out_a[1], out_b[1])
+  model, variables, x = initialised
+  batch_a = jnp.stack([x[0], x[1]])
+  batch_b = jnp.stack([x[0], x[2]])
+  apply = jax.jit(lambda v, b: model.apply(v, b, train=False))
+  out_a = np.asarray(apply(variables, batch_a))
+  out_b = np.asarray(apply(variables, batch_b))
+  np.testing.assert_array_equal(out_a[0], out_b[0])
+  assert not np.array_equal(out_a[1], out_b[1])
 
 
 def test_train_mode_depends_on_batch():
-    # Sanity check of the previous test: batch statistics couple examples.
-    model = MnistCNN()
-    x = _images(jax.random.PRNGKey(0), 3, MNIST_SHAPE)
-    variables = jax.jit(lambda k, x: model.init(k, x, train=False))(
-        jax.random.PRNGKey(1), x
-    )
-    apply = jax.jit(
-        lambda v, b: model.apply(v, b, train=True, mutable=["batch_stats"])[0]
-    )
-    out_a = apply(variables, x[:2])
-    out_b = apply(variables, x[jnp.array([0, 2])])
-    assert not np.allclose(np.asarray(out_a[0]), np.asarray(out_b[0]))
+  # Sanity check of the previous test: batch statistics couple examples.
+  model = MnistCNN()
+  x = _images(jax.random.PRNGKey(0), 3, MNIST_SHAPE)
+  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(
+      jax.random.PRNGKey(1), x
+  )
+  apply = jax.jit(
+      lambda v, b: model.apply(v, b, train=True, mutable=["batch_stats"])[0]
+  )
+  out_a = apply(variables, x[:2])
+  out_b = apply(variables, x[jnp.array([0, 2])])
+  assert not np.allclose(np.asarray(out_a[0]), np.asarray(out_b[0]))
 
 
 def test_mnist_cnn_param_count():
-    model = MnistCNN()
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *MNIST_SHAPE)))
-    )
-    expected = (
-        _conv(3, 1, 32) + _bn(32)
-        + _conv(3, 32, 64) + _bn(64)
-        + _dense(7 * 7 * 64, 128)
-        + _dense(128, 10)
-    )
-    assert expected == 421_834
-    assert count_params(shapes["params"]) == expected
+  model = MnistCNN()
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *MNIST_SHAPE)))
+  )
+  expected = (
+      _conv(3, 1, 32)
+      + _bn(32)
+      + _conv(3, 32, 64)
+      + _bn(64)
+      + _dense(7 * 7 * 64, 128)
+      + _dense(128, 10)
+  )
+  assert expected == 421_834
+  assert count_params(shapes["params"]) == expected
 
 
 def test_cifar10_cnn_param_count():
-    model = Cifar10CNN()
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *CIFAR_SHAPE)))
-    )
-    expected = 0
-    cin = 3
-    for cout in (64, 64, 128, 128, 196, 196):
-        expected += _conv(3, cin, cout) + _bn(cout)
-        cin = cout
-    expected += _dense(4 * 4 * 196, 256) + _bn(256) + _dense(256, 10)
-    assert expected == 1_639_794
-    assert count_params(shapes["params"]) == expected
+  model = Cifar10CNN()
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *CIFAR_SHAPE)))
+  )
+  expected = 0
+  cin = 3
+  for cout in (64, 64, 128, 128, 196, 196):
+    expected += _conv(3, cin, cout) + _bn(cout)
+    cin = cout
+  expected += _dense(4 * 4 * 196, 256) + _bn(256) + _dense(256, 10)
+  assert expected == 1_639_794
+  assert count_params(shapes["params"]) == expected
 
 
 def _wrn_expected_params(depth: int, width: int, num_classes: int = 10) -> int:
-    n = (depth - 4) // 6
-    total = _conv(3, 3, 16, bias=False)
-    cin = 16
-    for cout in (16 * width, 32 * width, 64 * width):
-        for _ in range(n):
-            total += _bn(cin) + _conv(3, cin, cout, bias=False)
-            total += _bn(cout) + _conv(3, cout, cout, bias=False)
-            if cin != cout:
-                total += _conv(1, cin, cout, bias=False)
-            cin = cout
-    return total + _bn(cin) + _dense(cin, num_classes)
+  n = (depth - 4) // 6
+  total = _conv(3, 3, 16, bias=False)
+  cin = 16
+  for cout in (16 * width, 32 * width, 64 * width):
+    for _ in range(n):
+      total += _bn(cin) + _conv(3, cin, cout, bias=False)
+      total += _bn(cout) + _conv(3, cout, cout, bias=False)
+      if cin != cout:
+        total += _conv(1, cin, cout, bias=False)
+      cin = cout
+  return total + _bn(cin) + _dense(cin, num_classes)
 
 
 @pytest.mark.parametrize("depth,width", [(34, 10), (28, 10), (10, 1)])
 def test_wrn_param_count(depth, width):
-    model = WideResNet(depth=depth, width=width)
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *CIFAR_SHAPE)))
-    )
-    n_params = count_params(shapes["params"])
-    assert n_params == _wrn_expected_params(depth, width)
-    if (depth, width) == (34, 10):
-        assert 46_000_000 <= n_params <= 46_500_000
-        assert n_params == 46_160_474  # PyTorch Madry/TRADES WRN-34-10.
+  model = WideResNet(depth=depth, width=width)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *CIFAR_SHAPE)))
+  )
+  n_params = count_params(shapes["params"])
+  assert n_params == _wrn_expected_params(depth, width)
+  if (depth, width) == (34, 10):
+    assert 46_000_000 <= n_params <= 46_500_000
+    assert n_params == 46_160_474  # PyTorch Madry/TRADES WRN-34-10.
 
 
 def test_wrn34_10_output_shape_abstract():
-    model = get_model("wrn")
-    x = jax.ShapeDtypeStruct((2, *CIFAR_SHAPE), jnp.float32)
-    shapes = jax.eval_shape(
-        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
-    )
-    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), shapes, x)
-    assert out.shape == (2, 10)
-    assert out.dtype == jnp.float32
+  model = get_model("wrn")
+  x = jax.ShapeDtypeStruct((2, *CIFAR_SHAPE), jnp.float32)
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
+  )
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), shapes, x)
+  assert out.shape == (2, 10)
+  assert out.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("depth", [0, 9, 12, 33])
 def test_wrn_invalid_depth_raises(depth):
-    model = WideResNet(depth=depth, width=1)
-    with pytest.raises(ValueError, match=f"depth={depth}"):
-        model.init(jax.random.PRNGKey(0), jnp.zeros((1, *CIFAR_SHAPE)))
+  model = WideResNet(depth=depth, width=1)
+  with pytest.raises(ValueError, match=f"depth={depth}"):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, *CIFAR_SHAPE)))
 
 
 def test_cifar_normalisation_is_fixed_and_inside_model(initialised):
-    model, variables, x = initialised
-    if isinstance(model, MnistCNN):
-        pytest.skip("MnistCNN has no input normalisation")
-    raw = model.clone(normalize=False)
-    # Same variable tree with/without normalisation: constants are not params.
-    raw_shapes = jax.eval_shape(
-        lambda: raw.init(jax.random.PRNGKey(1), x, train=False)
-    )
-    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
-        raw_shapes
-    )
-    mean = jnp.asarray(models.CIFAR10_MEAN)
-    std = jnp.asarray(models.CIFAR10_STD)
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    apply_raw = jax.jit(lambda v, x: raw.apply(v, x, train=False))
-    np.testing.assert_allclose(
-        np.asarray(apply(variables, x)),
-        np.asarray(apply_raw(variables, (x - mean) / std)),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+  model, variables, x = initialised
+  if isinstance(model, MnistCNN):
+    pytest.skip("MnistCNN has no input normalisation")
+  raw = model.clone(normalize=False)
+  # Same variable tree with/without normalisation: constants are not params.
+  raw_shapes = jax.eval_shape(
+      lambda: raw.init(jax.random.PRNGKey(1), x, train=False)
+  )
+  assert jax.tree_util.tree_structure(
+      variables
+  ) == jax.tree_util.tree_structure(raw_shapes)
+  mean = jnp.asarray(models.CIFAR10_MEAN)
+  std = jnp.asarray(models.CIFAR10_STD)
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  apply_raw = jax.jit(lambda v, x: raw.apply(v, x, train=False))
+  np.testing.assert_allclose(
+      np.asarray(apply(variables, x)),
+      np.asarray(apply_raw(variables, (x - mean) / std)),
+      rtol=1e-5,
+      atol=1e-5,
+  )
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 28, 28, 1), (1, 7, 9, 2)])
 def test_max_pool_2x2_matches_flax_forward(shape):
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    ours = max_pool_2x2(x)
-    ref = nn.max_pool(x, (2, 2), strides=(2, 2))
-    assert ours.shape == ref.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
-    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  ours = max_pool_2x2(x)
+  ref = nn.max_pool(x, (2, 2), strides=(2, 2))
+  assert (
+      ours.shape
+      == ref.shape
+      == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+  )
+  np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
 def test_max_pool_2x2_matches_flax_gradient(shape):
-    # Continuous random inputs: ties have probability zero.
-    x = jax.random.normal(jax.random.PRNGKey(1), shape)
-    w = jax.random.normal(
-        jax.random.PRNGKey(2), (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
-    )
-    g_ours = jax.grad(lambda x: jnp.sum(w * max_pool_2x2(x)))(x)
-    g_ref = jax.grad(lambda x: jnp.sum(w * nn.max_pool(x, (2, 2), strides=(2, 2))))(x)
-    np.testing.assert_allclose(np.asarray(g_ours), np.asarray(g_ref), rtol=0, atol=0)
+  # Continuous random inputs: ties have probability zero.
+  x = jax.random.normal(jax.random.PRNGKey(1), shape)
+  w = jax.random.normal(
+      jax.random.PRNGKey(2), (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+  )
+  g_ours = jax.grad(lambda x: jnp.sum(w * max_pool_2x2(x)))(x)
+  g_ref = jax.grad(
+      lambda x: jnp.sum(w * nn.max_pool(x, (2, 2), strides=(2, 2)))
+  )(x)
+  np.testing.assert_allclose(
+      np.asarray(g_ours), np.asarray(g_ref), rtol=0, atol=0
+  )
 
 
 def test_max_pool_2x2_tie_gradient_is_a_subgradient():
-    x = jnp.ones((1, 2, 2, 1))
-    g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x)))(x)
-    np.testing.assert_allclose(float(jnp.sum(g)), 1.0, rtol=1e-6)
-    assert bool(jnp.all(g >= 0))
+  x = jnp.ones((1, 2, 2, 1))
+  g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x)))(x)
+  np.testing.assert_allclose(float(jnp.sum(g)), 1.0, rtol=1e-6)
+  assert bool(jnp.all(g >= 0))
 
 
 def test_max_pool_2x2_rejects_non_4d():
-    with pytest.raises(ValueError):
-        max_pool_2x2(jnp.zeros((4, 4)))
+  with pytest.raises(ValueError):
+    max_pool_2x2(jnp.zeros((4, 4)))
 
 
 @pytest.mark.parametrize(
@@ -259,44 +271,52 @@ def test_max_pool_2x2_rejects_non_4d():
     ],
 )
 def test_get_model(name, kwargs, cls):
-    model = get_model(name, **kwargs)
-    assert isinstance(model, cls)
-    for k, v in kwargs.items():
-        assert getattr(model, k) == v
+  model = get_model(name, **kwargs)
+  assert isinstance(model, cls)
+  for k, v in kwargs.items():
+    assert getattr(model, k) == v
 
 
 def test_get_model_default_wrn_is_34_10():
-    model = get_model("wrn")
-    assert (model.depth, model.width, model.num_classes) == (34, 10, 10)
+  model = get_model("wrn")
+  assert (model.depth, model.width, model.num_classes) == (34, 10, 10)
 
 
 def test_get_model_unknown_name_raises():
-    with pytest.raises(ValueError, match="mnist_cnn.*cifar10_cnn.*wrn"):
-        get_model("resnet18")
+  with pytest.raises(ValueError, match="mnist_cnn.*cifar10_cnn.*wrn"):
+    get_model("resnet18")
 
 
 def test_count_params_concrete():
-    params = {"a": jnp.zeros((2, 3)), "b": {"c": jnp.zeros((4,))}}
-    assert count_params(params) == 10
+  params = {"a": jnp.zeros((2, 3)), "b": {"c": jnp.zeros((4,))}}
+  assert count_params(params) == 10
 
 
 @pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 1))])
 def test_fast_conv_matches_lax_conv_and_its_gradients(padding):
-    """models.conv_general_dilated (custom input gradient) == lax's conv."""
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(3, 7, 6, 4)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.float32)
-    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  """models.conv_general_dilated (custom input gradient) == lax's conv."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 7, 6, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.float32)
+  dn = jax.lax.conv_dimension_numbers(
+      x.shape, w.shape, ("NHWC", "HWIO", "NHWC")
+  )
 
-    def loss(conv, x_, w_):
-        out = conv(x_, w_, (1, 1), padding, dimension_numbers=dn)
-        return jnp.sum(jnp.sin(out))
+  def loss(conv, x_, w_):
+    out = conv(x_, w_, (1, 1), padding, dimension_numbers=dn)
+    return jnp.sum(jnp.sin(out))
 
-    ours = jax.jit(jax.grad(functools.partial(loss, models.conv_general_dilated), (0, 1)))
-    ref = jax.jit(jax.grad(functools.partial(loss, jax.lax.conv_general_dilated), (0, 1)))
-    np.testing.assert_allclose(
-        models.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn),
-        jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn),
-        rtol=1e-5, atol=1e-5)
-    for a, b in zip(ours(x, w), ref(x, w)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  ours = jax.jit(
+      jax.grad(functools.partial(loss, models.conv_general_dilated), (0, 1))
+  )
+  ref = jax.jit(
+      jax.grad(functools.partial(loss, jax.lax.conv_general_dilated), (0, 1))
+  )
+  np.testing.assert_allclose(
+      models.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn),
+      jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn),
+      rtol=1e-5,
+      atol=1e-5,
+  )
+  for a, b in zip(ours(x, w), ref(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
