@@ -116,13 +116,19 @@ def _step_one(x, x0, grad, eps, step_size, active, clip_min, clip_max):
 
 
 def _bucket_sizes(batch: int, compact: Union[bool, int]) -> Tuple[int, ...]:
-  """Buffer sizes of a compacted loop: ``batch, batch/2, ...`` (while even and
-  at least ``compact``, 16 for ``True``); ``(batch,)`` when off."""
+  """Buffer sizes of a compacted loop, largest first; ``(batch,)`` when off.
+
+  Eighths of the batch (``batch * 7/8, 6/8, ...``) where they are integers
+  and at least ``compact`` (16 for ``True``), then halving further.
+  """
   if compact is False or compact is None or compact == 0:
     return (batch,)
-  smallest = 16 if compact is True else int(compact)
+  smallest = max(16 if compact is True else int(compact), 1)
   sizes = [batch]
-  while sizes[-1] % 2 == 0 and sizes[-1] // 2 >= max(smallest, 1):
+  if batch % 8 == 0:
+    sizes += [batch * j // 8 for j in range(7, 0, -1)
+              if batch * j // 8 >= smallest]
+  while sizes[-1] % 2 == 0 and sizes[-1] // 2 >= smallest:
     sizes.append(sizes[-1] // 2)
   return tuple(sizes)
 
@@ -188,15 +194,15 @@ def pgd(logits_fn: LogitsFn,
     compact: evaluate the gradient on the still-active examples only. Under
       FOSC control the loop runs until its slowest example stops, and without
       compaction every iteration pays for the whole batch. With ``compact``
-      (``True``, or an int: the smallest bucket, default 16) an iteration with
-      at most ``batch / 2**j`` active examples gathers them into a buffer of
-      that size (bucket sizes ``batch, batch/2, ...``, fixed shapes, chosen by
-      ``lax.switch``), evaluates it and scatters the results back. Results are
-      the same up to floating-point reassociation of the smaller batch
-      (per-example results of an inference-mode model do not depend on the
-      rest of the batch). Off by default: on the MNIST CNN at batch 128 on two
-      CPU cores it saved wall time only once most examples stop early (see
-      ``benchmarks/dynamic_savings.py``).
+      (``True``, or an int: the smallest buffer, default 16) an iteration
+      gathers its active examples into the smallest buffer that holds them
+      (sizes: eighths of the batch, ``batch * 7/8, 6/8, ...``, then halving;
+      fixed shapes, chosen by ``lax.switch``), evaluates it and scatters the
+      results back. Results are the same up to floating-point reassociation
+      of the smaller batch (per-example results of an inference-mode model do
+      not depend on the rest of the batch). Off by default here;
+      :func:`dynamic_at.train.make_train_step` turns it on for Dynamic
+      (measurements there).
 
     final_eval: evaluate the loss, gradient and FOSC at the points the last
       step reached (``True``, the default: ``info`` then holds every
