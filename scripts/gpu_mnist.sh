@@ -13,7 +13,10 @@
 #
 # Every run stops (SIGINT: pending checkpoints are written) before SECONDS
 # (default 540) have passed; an unfinished run resumes from its newest
-# checkpoint on any machine with the same command as scripts/reproduce_mnist.sh.
+# checkpoint when the script is run again on the same machine (RUNS, default
+# /tmp/runs, survives while the machine stays warm), or on any machine from
+# the unpacked workdir with the training command of scripts/reproduce_mnist.sh
+# (add --seed=1 for the seed-1 runs). Logs are appended to, across resumes.
 # Every 60 s and at the end, OUT_DIR/<run>.tgz is rewritten with the run's
 # flags.json, metrics.jsonl, TensorBoard events, figures, results, newest
 # checkpoint and the FOSC arrays of epochs 1-5 and every fifth epoch (the
@@ -35,6 +38,8 @@ LIMIT=${3:-540}
 RUNS=${RUNS:-/tmp/runs}
 T0=$SECONDS
 mkdir -p "$RUNS" "$OUT"
+# Exit statuses of an earlier call on the same (still warm) machine are stale.
+rm -f "$RUNS"/*.rc
 exec > >(tee -a "$RUNS/driver.log") 2>&1
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false \
   TF_CPP_MIN_LOG_LEVEL=2 TQDM_MININTERVAL=20
@@ -64,7 +69,7 @@ train() {  # NAME METHOD SEED
     timeout -s INT -k 30 $(($(left) - 30)) python3 -m experiments.mnist \
       --flagfile="experiments/configs/mnist_$method.flags" --seed="$seed" \
       --data_dir="$DATA" --workdir="$RUNS/$name" ${EXTRA_FLAGS:-} \
-      > "$RUNS/$name.log" 2>&1
+      >> "$RUNS/$name.log" 2>&1
     echo $? > "$RUNS/$name.rc"
   ) &
   PID[$name]=$!
@@ -76,7 +81,7 @@ black_box() {  # NAME
   (
     timeout -s INT -k 10 $(($(left) - 20)) python3 -m experiments.evaluate \
       --workdir="$RUNS/$name" --source_workdir="$RUNS/mnist_unsecured" \
-      --data_dir="$DATA" ${EVAL_FLAGS:-} > "$RUNS/$name.eval.log" 2>&1
+      --data_dir="$DATA" ${EVAL_FLAGS:-} >> "$RUNS/$name.eval.log" 2>&1
     echo $? > "$RUNS/$name.eval.rc"
   ) &
   PID[$name.eval]=$!
@@ -163,8 +168,16 @@ while (($(left) > 15)); do
   ((running == 0)) && break
 done
 
+# Stop what still runs: SIGINT (pending checkpoints are written), SIGKILL
+# after 20 s. (A bare `wait` would also wait for the tee above, forever.)
 for n in "${!PID[@]}"; do pkill -INT -P "${PID[$n]}" 2> /dev/null; done
-wait
+for _ in $(seq 20); do
+  alive=0
+  for n in "${!PID[@]}"; do kill -0 "${PID[$n]}" 2> /dev/null && alive=1; done
+  ((alive == 0)) && break
+  sleep 1
+done
+for n in "${!PID[@]}"; do pkill -KILL -P "${PID[$n]}" 2> /dev/null; done
 pack
 echo "[$(elapsed) s] done. Exit status per run (124: stopped by the budget):"
 for f in "$RUNS"/*.rc; do echo "  $(basename "$f" .rc): $(cat "$f")"; done
