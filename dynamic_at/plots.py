@@ -6,6 +6,8 @@
   (Standard, Curriculum, Dynamic) on a shared x axis.
 * :func:`training_curves`: per-epoch loss/accuracy, PGD steps and ``c_t``,
   and test robustness.
+* :func:`curves_by_method`: per-epoch metrics (mean PGD steps, test
+  robustness) of several runs, one line per run.
 
 Every function writes a PNG (matplotlib's Agg renderer, no pyplot and no
 display needed) and returns its path. matplotlib is imported inside the
@@ -13,14 +15,14 @@ functions, so importing :mod:`dynamic_at` stays light.
 """
 
 import math
-from typing import Any, List, Mapping, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from dynamic_at import files
 
-__all__ = ('fosc_histograms', 'fosc_histograms_by_method', 'select_stages',
-           'training_curves')
+__all__ = ('curves_by_method', 'fosc_histograms', 'fosc_histograms_by_method',
+           'select_stages', 'training_curves')
 
 PathLike = 'os.PathLike[str] | str'
 
@@ -59,21 +61,42 @@ def _finite(values: Any) -> np.ndarray:
   return v[np.isfinite(v)]
 
 
-def _common_range(arrays: Sequence[np.ndarray]) -> Tuple[float, float]:
-  """``[min(0, min), max]`` over all values; a non-empty interval."""
+def _common_range(arrays: Sequence[np.ndarray],
+                  x_max: Optional[float] = None) -> Tuple[float, float]:
+  """``[min(0, min), max]`` over all values (``max`` = ``x_max`` if given); a
+  non-empty interval."""
   nonempty = [a for a in arrays if a.size]
   if not nonempty:
-    return 0.0, 1.0
+    return 0.0, 1.0 if x_max is None else float(x_max)
   lo = min(0.0, min(float(a.min()) for a in nonempty))
-  hi = max(float(a.max()) for a in nonempty)
+  hi = (max(float(a.max()) for a in nonempty) if x_max is None
+        else float(x_max))
   if hi <= lo:
     hi = lo + 1.0
   return lo, hi
 
 
+def stage_fractions(values: Any, bins: np.ndarray) -> Tuple[np.ndarray, float]:
+  """Fractions of the finite ``values`` per bin, those above the last edge
+  counted in the last bin.
+
+  Returns:
+    ``(fractions, beyond)``: one fraction per bin (summing to 1 when any value
+    is finite) and the fraction of values above ``bins[-1]``.
+  """
+  v = _finite(values)
+  if not v.size:
+    return np.zeros(len(bins) - 1), 0.0
+  beyond = float(np.mean(v > bins[-1]))
+  counts, _ = np.histogram(np.clip(v, bins[0], bins[-1]), bins=bins)
+  return counts / v.size, beyond
+
+
 def _draw_stages(ax: Any, fosc_by_epoch: Mapping[int, Any],
                  stages: Sequence[int], bins: np.ndarray) -> None:
-  """Overlaid normalised histograms of the selected stages on ``ax``."""
+  """Overlaid normalised histograms of the selected stages on ``ax``; values
+  beyond the last bin edge are counted in the last bin (the legend says how
+  many)."""
   # pylint: disable=g-import-not-at-top
   from matplotlib import colormaps
   cmap = colormaps['viridis']
@@ -83,11 +106,13 @@ def _draw_stages(ax: Any, fosc_by_epoch: Mapping[int, Any],
     if not v.size:
       ax.plot([], [], color=color, label=f'epoch {epoch} (no data)')
       continue
-    weights = np.full(v.shape, 1.0 / v.size)
-    label = f'epoch {epoch} (mean {v.mean():.3g}, n={v.size})'
-    ax.hist(v, bins=bins, weights=weights, color=color, alpha=0.25)
-    ax.hist(v, bins=bins, weights=weights, color=color, histtype='step',
-            linewidth=1.5, label=label)
+    fractions, beyond = stage_fractions(v, bins)
+    label = f'epoch {epoch} (mean {v.mean():.3g}, n={v.size}'
+    label += f'; {beyond:.0%} > {bins[-1]:.3g})' if beyond else ')'
+    centres = (bins[:-1] + bins[1:]) / 2
+    ax.hist(centres, bins=bins, weights=fractions, color=color, alpha=0.25)
+    ax.hist(centres, bins=bins, weights=fractions, color=color,
+            histtype='step', linewidth=1.5, label=label)
   ax.set_xlabel('FOSC of training adversarial examples')
   ax.set_ylabel('fraction of examples')
   ax.grid(alpha=0.3)
@@ -96,7 +121,7 @@ def _draw_stages(ax: Any, fosc_by_epoch: Mapping[int, Any],
 
 def fosc_histograms(fosc_by_epoch: Mapping[int, Any], path: PathLike, *,
                     title: str = '', max_stages: int = MAX_STAGES,
-                    num_bins: int = 50) -> str:
+                    num_bins: int = 50, x_max: Optional[float] = None) -> str:
   """The FOSC view: histograms of the training adversarial examples' FOSC at
   several stages of training, overlaid on a common x range.
 
@@ -110,12 +135,14 @@ def fosc_histograms(fosc_by_epoch: Mapping[int, Any], path: PathLike, *,
     title: the figure's title.
     max_stages: most stages drawn.
     num_bins: histogram bins over the common range.
+    x_max: the right end of the x axis (FOSC has a long tail); larger values
+      are counted in the last bin. Default: the largest value.
 
   Returns:
     ``path``.
   """
   stages = select_stages(fosc_by_epoch, max_stages)
-  lo, hi = _common_range([_finite(fosc_by_epoch[e]) for e in stages])
+  lo, hi = _common_range([_finite(fosc_by_epoch[e]) for e in stages], x_max)
   fig = _new_figure(7.0, 4.5)
   ax = fig.add_subplot()
   if stages:
@@ -137,7 +164,8 @@ def _method_key(name: str) -> Tuple[int, str]:
 def fosc_histograms_by_method(fosc_by_method: Mapping[str, Mapping[int, Any]],
                               path: PathLike, *, title: str = '',
                               max_stages: int = MAX_STAGES,
-                              num_bins: int = 50) -> str:
+                              num_bins: int = 50,
+                              x_max: Optional[float] = None) -> str:
   """Side-by-side FOSC views, one panel per method, on a shared x axis.
 
   Panels are ordered Standard, Curriculum, Dynamic (then any other method);
@@ -150,6 +178,7 @@ def fosc_histograms_by_method(fosc_by_method: Mapping[str, Mapping[int, Any]],
     title: the figure's title.
     max_stages: most stages drawn per panel.
     num_bins: histogram bins over the common range.
+    x_max: as in :func:`fosc_histograms`.
 
   Returns:
     ``path``.
@@ -157,7 +186,7 @@ def fosc_histograms_by_method(fosc_by_method: Mapping[str, Mapping[int, Any]],
   methods = sorted(fosc_by_method, key=_method_key)
   stages = {m: select_stages(fosc_by_method[m], max_stages) for m in methods}
   lo, hi = _common_range([_finite(fosc_by_method[m][e])
-                          for m in methods for e in stages[m]])
+                          for m in methods for e in stages[m]], x_max)
   bins = np.linspace(lo, hi, num_bins + 1)
   n = max(len(methods), 1)
   fig = _new_figure(5.0 * n, 4.5)
@@ -259,6 +288,53 @@ def training_curves(rows: Sequence[Mapping[str, Any]], path: PathLike, *,
     ax.set_xlabel('epoch')
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, fontsize='small', loc='best')
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def curves_by_method(rows_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
+                     path: PathLike, *,
+                     keys: Sequence[Tuple[str, str]] = (
+                         ('steps_mean', 'mean PGD steps per example'),
+                         ('test_pgd20', 'test PGD-20 accuracy (%)'),
+                         ('test_clean', 'test clean accuracy (%)')),
+                     styles: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                     title: str = '') -> str:
+  """Per-epoch metrics of several runs: one panel per key, one line per run.
+
+  Args:
+    rows_by_run: run label -> its per-epoch rows (``metrics.jsonl``); a run
+      without a key is left out of that panel.
+    path: the PNG to write.
+    keys: ``(metric key, axis label)`` per panel.
+    styles: run label -> matplotlib line keywords (e.g. ``color``,
+      ``linestyle``) replacing the defaults for that run.
+    title: the figure's title.
+
+  Returns:
+    ``path``.
+  """
+  fig = _new_figure(5.0 * max(len(keys), 1), 4.0)
+  axes = fig.subplots(1, max(len(keys), 1), squeeze=False)[0]
+  runs = list(rows_by_run)
+  for ax, (key, label) in zip(axes, keys):
+    drawn = 0
+    for i, run in enumerate(runs):
+      x, y = _series(rows_by_run[run], key)
+      if x.size:
+        style = dict(marker='.', markersize=3, color=f'C{i % 10}')
+        style.update((styles or {}).get(run, {}))
+        ax.plot(x, y, label=run, **style)
+        drawn += 1
+    if not drawn:
+      ax.text(0.5, 0.5, f'no {key}', ha='center', va='center',
+              transform=ax.transAxes)
+    else:
+      ax.legend(fontsize='small', loc='best')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
   if title:
     fig.suptitle(title)
   return _save(fig, path)

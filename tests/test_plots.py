@@ -79,3 +79,37 @@ def test_training_curves_missing_keys(tmp_path):
           {'train_loss': 0.5, 'steps_mean': None}]
   assert _is_png(plots.training_curves(rows, tmp_path / 'a.png'))
   assert _is_png(plots.training_curves([], tmp_path / 'b.png'))
+
+
+def test_stage_fractions_counts_the_tail_in_the_last_bin():
+  bins = np.linspace(0.0, 1.0, 5)  # [0, .25), [.25, .5), [.5, .75), [.75, 1]
+  values = np.array([0.1, 0.3, 0.3, 0.9, 5.0, 7.0, np.nan, -np.inf, np.inf])
+  fractions, beyond = plots.stage_fractions(values, bins)
+  # 6 finite values: 0.1 | 0.3 0.3 | - | 0.9 5.0 7.0 (the last two clipped).
+  np.testing.assert_allclose(fractions, [1 / 6, 2 / 6, 0.0, 3 / 6])
+  assert beyond == 2 / 6
+  fractions, beyond = plots.stage_fractions(np.array([np.nan]), bins)
+  assert fractions.tolist() == [0.0] * 4 and beyond == 0.0
+
+
+def test_fosc_histograms_x_max(tmp_path):
+  data = _fosc()
+  data[0] = np.concatenate([data[0], [50.0, 80.0]])  # a long tail
+  assert _is_png(plots.fosc_histograms(data, tmp_path / 'a.png', x_max=2.0))
+  assert _is_png(plots.fosc_histograms_by_method(
+      {'standard': data, 'dynamic': _fosc(1)}, tmp_path / 'b.png', x_max=2.0))
+
+
+def test_curves_by_method(tmp_path):
+  rows = {
+      'standard': [{'epoch': e, 'steps_mean': 10.0, 'test_pgd20': 80.0 + e}
+                   for e in range(5)],
+      'dynamic': [{'epoch': e, 'steps_mean': 10.0 - e, 'c_t': 0.5}
+                  for e in range(5)],
+  }
+  path = tmp_path / 'curves.png'
+  assert plots.curves_by_method(
+      rows, path, title='MNIST',
+      styles={'dynamic': {'color': 'C3', 'linestyle': '--'}}) == str(path)
+  assert _is_png(path)
+  assert _is_png(plots.curves_by_method({}, tmp_path / 'empty.png'))
