@@ -218,12 +218,20 @@ def make_train_step(method: str, mesh: Optional[Mesh] = None, *,
     compact: ``pgd``'s ``compact``: the attack evaluates only its still-active
       examples (bucketed buffer sizes), so FOSC early stopping saves wall
       time even when a few examples run all K steps (the loop itself runs
-      until the slowest one stops). ``None`` (default): on for ``dynamic``,
-      off for the other methods, which never stop an example early. Measured
-      on MNIST (batch 128, 2 idle CPU cores) with the real Dynamic run's
-      checkpoint after epoch 1 (c_t 0.5, 5.8 PGD steps per example, the
-      loop running all 10 trips): 306 ms per step against Standard's 402 ms
-      (0.76x; without compaction 399 ms). Compilation: 5 s instead of 2 s.
+      until the slowest one stops). ``None`` (default): on for ``dynamic``
+      when JAX's default backend is the CPU, off otherwise and for the other
+      methods, which never stop an example early. Measured on MNIST (batch
+      128, 2 idle CPU cores) with the real Dynamic run's checkpoint after
+      epoch 1 (c_t 0.5, 5.8 PGD steps per example, the loop running all 10
+      trips): 306 ms per step against Standard's 402 ms (0.76x; without
+      compaction 399 ms). Compilation: 5 s instead of 2 s. On one H200
+      (MNIST runs sharing the GPU), Dynamic with compaction took 13.3 s per
+      epoch at 2.7 PGD steps per example against Standard's 7.5 s at 10
+      steps in the same minutes: on a GPU this small model's attack is bound
+      by per-trip latency, not arithmetic, and the compaction's per-trip
+      gather, branch and scatter cost more than they save (Dynamic without
+      compaction was not timed there; ``benchmarks/dynamic_step.py`` times
+      both).
 
   The authors' Keras code also weights each adversarial example's loss by its
   own inference-mode cross-entropy after the first epoch; the step does that
@@ -242,7 +250,7 @@ def make_train_step(method: str, mesh: Optional[Mesh] = None, *,
     raise ValueError(f'method must be one of {METHODS}; got {method!r}')
   adversarial = method != 'unsecured'
   if compact is None:
-    compact = method == 'dynamic'
+    compact = method == 'dynamic' and jax.default_backend() == 'cpu'
   attack = sharded_pgd(mesh, fosc_centre_random_start, compact)
 
   def train_step(state: TrainState, batch, key: jax.Array,
