@@ -12,7 +12,8 @@ and writes into ``OUT``:
   example in each epoch, every run;
 * ``test_robustness_per_epoch.png``: the per-epoch test accuracy (clean and
   PGD-20, on the first ``--eval_every_examples`` test images), every run;
-* ``<run>/results.json``, ``<run>/metrics.jsonl`` and ``<run>/flags.json``
+* ``<run>/results.json`` (and ``results_gpu_whitebox.json``), ``metrics.jsonl``
+  and ``flags.json``
   copied from each workdir that has them (the evaluation on the full test set,
   the per-epoch metrics behind the figures, the run's flags).
 """
@@ -92,7 +93,8 @@ def main():
       'images, eps 0.3)'))
   for label, workdir in runs.items():
     name = os.path.basename(workdir)[len('mnist_'):]
-    for f in ('results.json', 'metrics.jsonl', 'flags.json'):
+    for f in ('results.json', 'results_gpu_whitebox.json', 'metrics.jsonl',
+              'flags.json'):
       src = os.path.join(workdir, f)
       if os.path.exists(src):
         os.makedirs(os.path.join(args.out, name), exist_ok=True)
