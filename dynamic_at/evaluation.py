@@ -399,7 +399,9 @@ def _columns(white: Mapping[str, float],
 
 def results_markdown(results: Mapping[str, Any], *, title: str) -> str:
   """A markdown table of the accuracies: rows white-box / black-box, columns
-  the attacks (2 decimals), then the number of evaluation examples.
+  the attacks (2 decimals), then the number of evaluation examples, the
+  training time (``wall_time_s``, the run's own, possibly on other devices),
+  the evaluation time (``eval_wall_time_s``) and the evaluation's devices.
 
   Args:
     results: :func:`evaluate`'s result or the dict given to
@@ -428,9 +430,13 @@ def results_markdown(results: Mapping[str, Any], *, title: str) -> str:
   lines += ['', f'Evaluated on {results.get("num_eval_examples", "?")} '
             'examples.']
   if results.get('wall_time_s') is not None:
-    lines.append(f'Wall time: {float(results["wall_time_s"]):.1f} s.')
+    lines.append('Training time (as the run recorded it): '
+                 f'{float(results["wall_time_s"]):.1f} s.')
+  if results.get('eval_wall_time_s') is not None:
+    lines.append(f'Evaluation time: {float(results["eval_wall_time_s"]):.1f} '
+                 's.')
   if results.get('devices') is not None:
-    lines.append(f'Devices: {results["devices"]}.')
+    lines.append(f'Evaluated on: {results["devices"]}.')
   return '\n'.join(lines) + '\n'
 
 

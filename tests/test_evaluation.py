@@ -361,6 +361,8 @@ def test_write_results(tmp_path, paper_results):
   assert loaded['black_box'] is None
   md = (tmp_path / 'sub' / 'results.md').read_text()
   assert 'mnist / dynamic' in md and 'white-box' in md
+  assert 'Training time (as the run recorded it): 1.5 s.' in md
+  assert 'Evaluated on: cpu x1.' in md and 'Evaluation time' not in md
   # Replaced whole, no temporary files left behind.
   final['method'] = 'standard'
   evaluation.write_results(path, final)
