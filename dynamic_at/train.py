@@ -227,11 +227,11 @@ def make_train_step(method: str, mesh: Optional[Mesh] = None, *,
       compaction 399 ms). Compilation: 5 s instead of 2 s. On one H200
       (MNIST runs sharing the GPU), Dynamic with compaction took 13.3 s per
       epoch at 2.7 PGD steps per example against Standard's 7.5 s at 10
-      steps in the same minutes: on a GPU this small model's attack is bound
-      by per-trip latency, not arithmetic, and the compaction's per-trip
-      gather, branch and scatter cost more than they save (Dynamic without
-      compaction was not timed there; ``benchmarks/dynamic_step.py`` times
-      both).
+      steps in the same minutes. Our reading: on a GPU this small model's
+      attack is bound by per-trip latency, not arithmetic, so the
+      compaction's per-trip gather, branch and scatter cost more than they
+      save. Dynamic without compaction was not timed there;
+      ``benchmarks/dynamic_step.py`` times both.
 
   The authors' Keras code also weights each adversarial example's loss by its
   own inference-mode cross-entropy after the first epoch; the step does that
