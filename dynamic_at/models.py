@@ -232,6 +232,19 @@ def _normalize(
   return (x - mean_arr) / std_arr
 
 
+def _conv_bn_relu(x: jax.Array, features: int, train: bool) -> jax.Array:
+  """3x3 'SAME' convolution (with :func:`conv_general_dilated`), BatchNorm,
+  ReLU: the block of both paper CNNs. Call it inside a compact module; its
+  submodules are named there (``Conv_i``, ``BatchNorm_i``) as if inlined."""
+  x = nn.Conv(
+      features,
+      (3, 3),
+      padding="SAME",
+      conv_general_dilated=conv_general_dilated,
+  )(x)
+  return nn.relu(_batch_norm(train)(x))
+
+
 class MnistCNN(nn.Module):
   """Small CNN for MNIST.
 
@@ -257,15 +270,7 @@ class MnistCNN(nn.Module):
         Logits of shape ``[B, num_classes]``.
     """
     for features in (32, 64):
-      x = nn.Conv(
-          features,
-          (3, 3),
-          padding="SAME",
-          conv_general_dilated=conv_general_dilated,
-      )(x)
-      x = _batch_norm(train)(x)
-      x = nn.relu(x)
-      x = max_pool_2x2(x)
+      x = max_pool_2x2(_conv_bn_relu(x, features, train))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(128)(x))
     return nn.Dense(self.num_classes)(x)
@@ -302,14 +307,7 @@ class Cifar10CNN(nn.Module):
       x = _normalize(x, CIFAR10_MEAN, CIFAR10_STD)
     for features in (64, 128, 196):
       for _ in range(2):
-        x = nn.Conv(
-            features,
-            (3, 3),
-            padding="SAME",
-            conv_general_dilated=conv_general_dilated,
-        )(x)
-        x = _batch_norm(train)(x)
-        x = nn.relu(x)
+        x = _conv_bn_relu(x, features, train)
       x = max_pool_2x2(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(256)(x)
