@@ -141,6 +141,32 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
   return '\n'.join(lines)
 
 
+# Input shapes and the paper's eps of the two paper CNNs.
+IMAGE_SHAPES = {'mnist_cnn': (28, 28, 1), 'cifar10_cnn': (32, 32, 3)}
+PAPER_EPS = {'mnist_cnn': 0.3, 'cifar10_cnn': 8 / 255}
+
+
+def synthetic_state_and_batch(model_name: str, batch: int, *,
+                              steps_per_epoch: int):
+  """``(state, batch)``: a fresh train state of ``model_name`` (key 0, SGD
+  lr 0.01, momentum 0.9, no weight decay) and ``batch`` uniform-noise images
+  with random labels (numpy seed 0)."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from dynamic_at import models
+  from dynamic_at import train
+  shape = IMAGE_SHAPES[model_name]
+  rng = np.random.default_rng(0)
+  images = jnp.float32(rng.uniform(size=(batch,) + shape))
+  labels = jnp.int32(rng.integers(0, 10, batch))
+  tx = train.make_optimizer(learning_rate=0.01, momentum=0.9,
+                            weight_decay=0.0, steps_per_epoch=steps_per_epoch)
+  state = train.create_train_state(models.get_model(model_name),
+                                   jax.random.key(0), shape, tx)
+  return state, {'image': images, 'label': labels}
+
+
 def mnist_batch(batch: int, seed: int = 0, data_dir: Optional[str] = None):
   """A batch of real MNIST training images if ``data_dir`` holds them, else
   uniform noise images with random labels (shape [B, 28, 28, 1])."""

@@ -38,21 +38,15 @@ def plain_lax_conv():
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument('--model', default='mnist_cnn',
-                      choices=('mnist_cnn', 'cifar10_cnn'))
+                      choices=tuple(common.IMAGE_SHAPES))
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--rounds', type=int, default=8)
   parser.add_argument('--num_steps', type=int, default=10)
   args = parser.parse_args()
 
-  shape = (28, 28, 1) if args.model == 'mnist_cnn' else (32, 32, 3)
-  rng = np.random.default_rng(0)
-  batch = {'image': jnp.float32(rng.uniform(size=(args.batch,) + shape)),
-           'label': jnp.int32(rng.integers(0, 10, args.batch))}
-  tx = train.make_optimizer(learning_rate=0.01, momentum=0.9,
-                            weight_decay=0.0, steps_per_epoch=100)
-  state0 = train.create_train_state(models.get_model(args.model),
-                                    jax.random.key(0), shape, tx)
-  eps = 0.3 if args.model == 'mnist_cnn' else 8 / 255
+  state0, batch = common.synthetic_state_and_batch(args.model, args.batch,
+                                                   steps_per_epoch=100)
+  eps = common.PAPER_EPS[args.model]
   ap = train.AttackParams.make(eps, eps / 4, args.num_steps)
   mesh = parallel.make_mesh()
   key = jax.random.key(1)

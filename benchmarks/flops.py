@@ -32,7 +32,7 @@ from dynamic_at import models
 from dynamic_at import parallel
 from dynamic_at import train
 
-_SHAPES = {'mnist_cnn': (28, 28, 1), 'cifar10_cnn': (32, 32, 3)}
+_SHAPES = common.IMAGE_SHAPES
 
 
 def layer_flops(model_name):
@@ -142,17 +142,11 @@ def main():
   parser.add_argument('--num_steps', type=int, default=10)
   parser.add_argument('--rounds', type=int, default=5)
   args = parser.parse_args()
-  shape = _SHAPES[args.model]
-  rng = np.random.default_rng(0)
-  batch = {'image': jnp.float32(rng.uniform(size=(args.batch,) + shape)),
-           'label': jnp.int32(rng.integers(0, 10, args.batch))}
-  tx = train.make_optimizer(learning_rate=0.01, momentum=0.9,
-                            weight_decay=0.0, steps_per_epoch=1000)
-  state = train.create_train_state(models.get_model(args.model),
-                                   jax.random.key(0), shape, tx)
+  state, batch = common.synthetic_state_and_batch(args.model, args.batch,
+                                                  steps_per_epoch=1000)
   mesh = parallel.make_mesh(jax.devices()[:1])
   key = jax.random.key(1)
-  eps = 0.3 if args.model == 'mnist_cnn' else 8 / 255
+  eps = common.PAPER_EPS[args.model]
   sides = {}
   for method, k in (('standard', args.num_steps), ('unsecured', 0)):
     step = jax.jit(train.make_train_step(method, mesh))

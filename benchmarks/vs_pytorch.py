@@ -37,8 +37,8 @@ from dynamic_at import models
 from dynamic_at import parallel
 from dynamic_at import train
 
-_SHAPES = {'mnist_cnn': (28, 28, 1), 'cifar10_cnn': (32, 32, 3)}
-_EPS = {'mnist_cnn': 0.3, 'cifar10_cnn': 8 / 255}
+_SHAPES = common.IMAGE_SHAPES
+_EPS = common.PAPER_EPS
 
 
 def _data(model_name, batch, seed=0):
