@@ -149,6 +149,7 @@ def pgd(logits_fn: LogitsFn,
         clip_max: float = 1.0,
         x_start: Optional[ArrayLike] = None,
         fosc_center: Optional[ArrayLike] = None,
+        clip_start: bool = True,
         compact: Union[bool, int] = False,
         final_eval: bool = True
         ) -> Tuple[jax.Array, PGDInfo]:
@@ -236,7 +237,8 @@ def pgd(logits_fn: LogitsFn,
 
   project = jax.vmap(_project_one, in_axes=(0, 0, 0, None, None))
   step = jax.vmap(_step_one, in_axes=(0, 0, 0, 0, 0, 0, None, None))
-  x = project(x, x0, _expand(eps_b, x0), clip_min, clip_max)
+  x = project(x, x0, _expand(eps_b, x0), clip_min if clip_start else -jnp.inf,
+              clip_max if clip_start else jnp.inf)
 
   center = x0 if fosc_center is None else jnp.asarray(fosc_center, x0.dtype)
 

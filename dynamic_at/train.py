@@ -158,7 +158,8 @@ def _inference_logits_fn(state: TrainState) -> Callable[[jax.Array],
 
 def sharded_pgd(mesh: Optional[Mesh],
                 fosc_centre_random_start: bool = False,
-                compact: Any = False) -> Callable[..., Any]:
+                compact: Any = False,
+                unclipped_random_start: bool = False) -> Callable[..., Any]:
   """``pgd`` run per device under ``shard_map`` (or directly without a mesh).
 
   Each device runs its own ``while_loop`` on its slice of the batch, so under
@@ -174,6 +175,8 @@ def sharded_pgd(mesh: Optional[Mesh],
       authors' code does, instead of on the clean example (the paper).
     compact: ``pgd``'s ``compact`` (evaluate only the still-active examples,
       in bucketed buffer sizes), per device.
+    unclipped_random_start: keep the start where it is, also outside the
+      pixel box (``pgd``'s ``clip_start=False``), as the authors' code does.
 
   Returns:
     ``f(state, x0, x_start, y, attack_params) -> (x_adv, PGDInfo)``.
@@ -185,6 +188,7 @@ def sharded_pgd(mesh: Optional[Mesh],
                         num_steps=ap.num_steps, c_stop=ap.c_stop,
                         random_start=False, x_start=x_start,
                         fosc_center=x_start if fosc_centre_random_start else None,
+                        clip_start=not unclipped_random_start,
                         compact=compact)
 
   def per_device(state, x0, x_start, y, ap):
@@ -205,6 +209,7 @@ def sharded_pgd(mesh: Optional[Mesh],
 
 def make_train_step(method: str, mesh: Optional[Mesh] = None, *,
                     fosc_centre_random_start: bool = False,
+                    unclipped_random_start: bool = False,
                     compact: Any = None
                     ) -> Callable[..., Tuple[TrainState, Dict[str, Any]]]:
   """Builds the (uncompiled) training step of ``method``.
@@ -215,6 +220,10 @@ def make_train_step(method: str, mesh: Optional[Mesh] = None, *,
       for single-device use without a mesh).
     fosc_centre_random_start: the authors' code centres the FOSC on the
       random start rather than on the clean example; off by default (paper).
+    unclipped_random_start: the authors' code starts PGD from ``x0 + U(-eps,
+      eps)`` without clipping it to the pixel box ``[0, 1]`` (the first
+      gradient is taken there; every step is clipped); off by default: the
+      start is clipped.
     compact: ``pgd``'s ``compact``: the attack evaluates only its still-active
       examples (bucketed buffer sizes), so FOSC early stopping saves wall
       time even when a few examples run all K steps (the loop itself runs
@@ -251,14 +260,19 @@ def make_train_step(method: str, mesh: Optional[Mesh] = None, *,
   adversarial = method != 'unsecured'
   if compact is None:
     compact = method == 'dynamic' and jax.default_backend() == 'cpu'
-  attack = sharded_pgd(mesh, fosc_centre_random_start, compact)
+  attack = sharded_pgd(mesh, fosc_centre_random_start, compact,
+                       unclipped_random_start)
 
   def train_step(state: TrainState, batch, key: jax.Array,
                  ap: AttackParams, weighted=False):
     x0, y = batch['image'], batch['label']
     key = jax.random.fold_in(key, state.step)
     if adversarial:
-      x_start = _attacks.random_start_point(key, x0, ap.eps)
+      if unclipped_random_start:
+        x_start = _attacks.random_start_point(key, x0, ap.eps, -jnp.inf,
+                                              jnp.inf)
+      else:
+        x_start = _attacks.random_start_point(key, x0, ap.eps)
       x, info = attack(state, x0, x_start, y, ap)
       example_weight = jnp.where(weighted, info.loss, 1.0)
     else:

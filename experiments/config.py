@@ -35,7 +35,7 @@ DATASET_MODELS = {'mnist': ('mnist_cnn',), 'cifar10': ('cifar10_cnn', 'wrn')}
 # spell every setting out anyway.
 DATASET_DEFAULTS = {
     'mnist': dict(model='mnist_cnn', eps=0.3, num_epochs=50,
-                  lr_drop_epochs=['20', '40'], weight_decay=0.0, t_prime=40.0,
+                  lr_drop_epochs=['20', '40'], weight_decay=1e-4, t_prime=40.0,
                   curriculum_max_steps=40, augment='none'),
     'cifar10': dict(model='cifar10_cnn', eps=8 / 255, num_epochs=120,
                     lr_drop_epochs=['60', '100'], weight_decay=1e-4,
@@ -111,7 +111,7 @@ _LEARNING_RATE = flags.DEFINE_float('learning_rate', 0.01,
 _MOMENTUM = flags.DEFINE_float('momentum', 0.9, 'SGD momentum.')
 _WEIGHT_DECAY = flags.DEFINE_float(
     'weight_decay', 0.0, 'L2 weight decay added to the gradient '
-    '(CIFAR-10 1e-4; MNIST 0).')
+    '(the paper: 1e-4 for MNIST and CIFAR-10).')
 _LR_DROP_EPOCHS = flags.DEFINE_list(
     'lr_drop_epochs', ['20', '40'],
     'Epochs at whose start the learning rate is divided by 10.')
@@ -126,6 +126,11 @@ _FOSC_CENTRE_RANDOM_START = flags.DEFINE_bool(
     'fosc_centre_random_start', False, "Authors'-code deviation (off by "
     'default): centre the FOSC on the random start of PGD instead of on the '
     'clean example (the paper).')
+_UNCLIPPED_RANDOM_START = flags.DEFINE_bool(
+    'unclipped_random_start', False, "Authors'-code deviation (off by "
+    'default): start training PGD from x0 + U(-eps, eps) without clipping it '
+    'to [0, 1] (the first gradient is taken there; every step is clipped). '
+    'The paper clips the start.')
 _AUGMENT = flags.DEFINE_enum(
     'augment', 'none', AUGMENTATIONS,
     "Training augmentation: none (MNIST default), crop_flip (4-pixel pad + "
@@ -219,6 +224,7 @@ class Config:
   keras_decay: float = 0.0
   loss_weighting: bool = False
   fosc_centre_random_start: bool = False
+  unclipped_random_start: bool = False
   augment: str = 'none'
   eps_warmup_epochs: int = 0
   num_train_examples: int = 0
@@ -303,6 +309,7 @@ def config_from_flags(dataset: str) -> Config:
       keras_decay=_KERAS_DECAY.value,
       loss_weighting=_LOSS_WEIGHTING.value,
       fosc_centre_random_start=_FOSC_CENTRE_RANDOM_START.value,
+      unclipped_random_start=_UNCLIPPED_RANDOM_START.value,
       augment=_AUGMENT.value,
       eps_warmup_epochs=_EPS_WARMUP_EPOCHS.value,
       num_train_examples=_NUM_TRAIN_EXAMPLES.value,

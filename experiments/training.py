@@ -124,7 +124,8 @@ def make_step(config: Config, mesh) -> Tuple[Any, List[int]]:
   """
   step = train.make_train_step(
       config.method, mesh,
-      fosc_centre_random_start=config.fosc_centre_random_start)
+      fosc_centre_random_start=config.fosc_centre_random_start,
+      unclipped_random_start=config.unclipped_random_start)
   traces = [0]
 
   def counted(state, batch, key, attack_params, weighted):

@@ -312,3 +312,35 @@ def test_random_start_needs_key():
   with pytest.raises(ValueError, match='PRNG key'):
     dat.pgd(functools.partial(_mlp, _mlp_params()), x0, y, None, eps=0.1,
             step_size=0.1, num_steps=1)
+
+
+def test_unclipped_start_takes_its_first_gradient_outside_the_box():
+  # The authors' start: x0 + U(-eps, eps), not clipped to [0, 1]. pgd with
+  # clip_start=False keeps it (0 steps), takes the first gradient there and
+  # clips only the steps: one step equals the same update by hand.
+  params = _mlp_params()
+  logits = functools.partial(_mlp, params)
+  x0, y = _data(16)  # uniform in [0, 1]: many starts fall outside the box
+  eps, step = 0.3, 0.075
+  start = x0 + eps * jax.random.uniform(jax.random.key(5), x0.shape,
+                                        x0.dtype, -1.0, 1.0)
+  assert float(start.min()) < 0.0 and float(start.max()) > 1.0
+  run = lambda k, clip: dat.pgd(logits, x0, y, eps=eps, step_size=step,
+                                num_steps=k, x_start=start, clip_start=clip)
+  x, info = run(0, False)
+  np.testing.assert_array_equal(x, start)
+  _, g = dat.input_grad(logits, start, y)
+  np.testing.assert_allclose(info.fosc, dat.fosc(start, x0, g, eps),
+                             rtol=1e-5)
+  x_clipped, _ = run(0, True)
+  np.testing.assert_array_equal(x_clipped, jnp.clip(start, 0.0, 1.0))
+  x1, info1 = run(1, False)
+  by_hand = jnp.clip(jnp.clip(start + step * jnp.sign(g), x0 - eps, x0 + eps),
+                     0.0, 1.0)
+  np.testing.assert_allclose(x1, by_hand, rtol=0, atol=1e-7)
+  assert float(x1.min()) >= 0.0 and float(x1.max()) <= 1.0
+  # The clipped start takes its first gradient elsewhere, so it moves
+  # differently.
+  x1_clipped, _ = run(1, True)
+  assert not np.allclose(x1, x1_clipped)
+  np.testing.assert_array_equal(info1.steps, np.ones(16))

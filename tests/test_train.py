@@ -157,3 +157,23 @@ def test_deviation_flags_change_the_step():
   centred = train.make_train_step('standard', fosc_centre_random_start=True)
   _, m2 = jax.jit(centred)(_state(), batch, jax.random.key(1), ap)
   assert not np.allclose(m0['fosc'], m2['fosc'])
+
+
+def test_unclipped_random_start_changes_only_starts_outside_the_box():
+  # Images at 0 and 1 put half of every start outside [0, 1]: the authors'
+  # unclipped start then takes its first gradient elsewhere.
+  batch = dp_worker.fixed_batch()
+  ap = _ap(1)
+  clipped = train.make_train_step('standard')
+  unclipped = train.make_train_step('standard', unclipped_random_start=True)
+  edges = dict(batch, image=jnp.round(batch['image']))
+  _, m0 = jax.jit(clipped)(_state(), edges, jax.random.key(1), ap)
+  _, m1 = jax.jit(unclipped)(_state(), edges, jax.random.key(1), ap)
+  assert not np.allclose(m0['fosc'], m1['fosc'])
+  # Strictly inside the box by more than eps, no start is clipped, so the
+  # two steps are the same.
+  inner = dict(batch, image=0.5 + 0.1 * (batch['image'] - 0.5))
+  s0, m0 = jax.jit(clipped)(_state(), inner, jax.random.key(1), ap)
+  s1, m1 = jax.jit(unclipped)(_state(), inner, jax.random.key(1), ap)
+  np.testing.assert_array_equal(m0['fosc'], m1['fosc'])
+  chex.assert_trees_all_equal(s0.params, s1.params)
