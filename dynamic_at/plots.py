@@ -8,6 +8,10 @@
   and test robustness.
 * :func:`curves_by_method`: per-epoch metrics (mean PGD steps, test
   robustness) of several runs, one line per run.
+* :func:`cost_robustness`: one point per run, robustness against training
+  cost, one colour per group.
+* :func:`thresholds_and_fosc`: per epoch, FOSC thresholds beside FOSC
+  statistics (e.g. Dynamic's ``c_t`` beside Standard's median FOSC).
 
 Every function writes a PNG (matplotlib's Agg renderer, no pyplot and no
 display needed) and returns its path. matplotlib is imported inside the
@@ -21,8 +25,9 @@ import numpy as np
 
 from dynamic_at import files
 
-__all__ = ('curves_by_method', 'fosc_histograms', 'fosc_histograms_by_method',
-           'select_stages', 'training_curves')
+__all__ = ('cost_robustness', 'curves_by_method', 'fosc_histograms',
+           'fosc_histograms_by_method', 'select_stages', 'thresholds_and_fosc',
+           'training_curves')
 
 PathLike = 'os.PathLike[str] | str'
 
@@ -337,4 +342,73 @@ def curves_by_method(rows_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
     ax.grid(alpha=0.3)
   if title:
     fig.suptitle(title)
+  return _save(fig, path)
+
+
+def cost_robustness(points: Mapping[str, Sequence[Tuple[float, float]]],
+                    path: PathLike, *,
+                    xlabel: str = 'attack gradient evaluations in training',
+                    ylabel: str = 'test PGD-20 accuracy (%)',
+                    title: str = '') -> str:
+  """One point per run, one colour per group: a cost-robustness scatter.
+
+  Args:
+    points: group (e.g. a variant) -> ``(cost, accuracy)`` of each of its
+      runs, in the order drawn; colours follow the mapping's order.
+    path: the PNG to write.
+    xlabel, ylabel, title: the axis labels and the title.
+
+  Returns:
+    ``path``.
+  """
+  fig = _new_figure(6.5, 4.5)
+  ax = fig.subplots()
+  for i, (group, pts) in enumerate(points.items()):
+    pts = np.asarray(pts, np.float64).reshape(-1, 2)
+    ax.scatter(pts[:, 0], pts[:, 1], color=f'C{i % 10}', label=group,
+               s=36, alpha=0.85)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  if points:
+    ax.legend(fontsize='small', loc='best')
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
+
+
+def thresholds_and_fosc(thresholds: Mapping[str, Sequence[Tuple[int, float]]],
+                        fosc: Mapping[str, Sequence[Tuple[int, float]]],
+                        path: PathLike, *,
+                        ylabel: str = 'FOSC', title: str = '') -> str:
+  """Per epoch, FOSC thresholds (dashed) beside FOSC statistics (solid).
+
+  Args:
+    thresholds: label -> ``(epoch, c_t)`` points (e.g. each Dynamic
+      variant's schedule), drawn as dashed step lines.
+    fosc: label -> ``(epoch, value)`` points (e.g. the median FOSC of a
+      Standard run's training examples), drawn as solid lines with markers.
+    path: the PNG to write.
+    ylabel, title: the y label and the title.
+
+  Returns:
+    ``path``.
+  """
+  fig = _new_figure(6.5, 4.5)
+  ax = fig.subplots()
+  for i, (label, pts) in enumerate(thresholds.items()):
+    pts = np.asarray(pts, np.float64).reshape(-1, 2)
+    ax.plot(pts[:, 0], pts[:, 1], linestyle='--', drawstyle='steps-post',
+            color=f'C{i % 10}', label=label)
+  for j, (label, pts) in enumerate(fosc.items()):
+    pts = np.asarray(pts, np.float64).reshape(-1, 2)
+    ax.plot(pts[:, 0], pts[:, 1], marker='o', markersize=4,
+            color=f'C{(len(thresholds) + j) % 10}', label=label)
+  ax.set_xlabel('epoch')
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  if thresholds or fosc:
+    ax.legend(fontsize='small', loc='best')
+  if title:
+    ax.set_title(title)
   return _save(fig, path)

@@ -274,67 +274,75 @@ def _parse_int_list(values: Sequence[str], flag: str) -> Tuple[int, ...]:
                       'separated list of integers (epochs).') from None
 
 
-def config_from_flags(dataset: str) -> Config:
-  """Reads the parsed flags into a :class:`Config` for ``dataset``."""
+def config_from_flags(dataset: str,
+                      flag_values: Optional[flags.FlagValues] = None
+                      ) -> Config:
+  """Reads the parsed flags (``flag_values``, default the global ``FLAGS``)
+  into a :class:`Config` for ``dataset``."""
+  fv = flags.FLAGS if flag_values is None else flag_values
+  value = lambda holder: fv[holder.name].value
   if dataset not in DATASETS:
     raise ConfigError(f'unknown dataset {dataset!r}; expected one of '
                       f'{DATASETS}')
-  if not _WORKDIR.value:
+  if not value(_WORKDIR):
     raise ConfigError('--workdir is required.')
   return Config(
       dataset=dataset,
-      workdir=os.path.abspath(os.path.expanduser(_WORKDIR.value)),
-      data_dir=(os.path.abspath(os.path.expanduser(_DATA_DIR.value))
-                if _DATA_DIR.value else None),
-      method=_METHOD.value,
-      model=_MODEL.value,
-      wrn_depth=_WRN_DEPTH.value,
-      wrn_width=_WRN_WIDTH.value,
-      num_epochs=_NUM_EPOCHS.value,
-      batch_size=_BATCH_SIZE.value,
-      seed=_SEED.value,
-      eps=_EPS.value,
-      step_size=(_STEP_SIZE.value if _STEP_SIZE.value is not None
-                 else _EPS.value / 4),
-      num_steps=_NUM_STEPS.value,
-      c_max=_C_MAX.value,
-      t_prime=_T_PRIME.value,
-      curriculum_max_steps=_CURRICULUM_MAX_STEPS.value,
-      curriculum_threshold=_CURRICULUM_THRESHOLD.value,
-      curriculum_start_steps=_CURRICULUM_START_STEPS.value,
-      learning_rate=_LEARNING_RATE.value,
-      momentum=_MOMENTUM.value,
-      weight_decay=_WEIGHT_DECAY.value,
-      lr_drop_epochs=_parse_int_list(_LR_DROP_EPOCHS.value, 'lr_drop_epochs'),
-      keras_decay=_KERAS_DECAY.value,
-      loss_weighting=_LOSS_WEIGHTING.value,
-      fosc_centre_random_start=_FOSC_CENTRE_RANDOM_START.value,
-      unclipped_random_start=_UNCLIPPED_RANDOM_START.value,
-      augment=_AUGMENT.value,
-      eps_warmup_epochs=_EPS_WARMUP_EPOCHS.value,
-      num_train_examples=_NUM_TRAIN_EXAMPLES.value,
-      num_eval_examples=_NUM_EVAL_EXAMPLES.value,
-      eval_batch_size=_EVAL_BATCH_SIZE.value,
-      eval_every=_EVAL_EVERY.value,
-      eval_every_examples=_EVAL_EVERY_EXAMPLES.value,
-      attacks=_ATTACKS.value,
-      log_every_steps=_LOG_EVERY_STEPS.value,
-      checkpoint_every_steps=_CHECKPOINT_EVERY_STEPS.value,
-      keep_checkpoints=_KEEP_CHECKPOINTS.value,
-      stop_after_steps=_STOP_AFTER_STEPS.value,
+      workdir=os.path.abspath(os.path.expanduser(value(_WORKDIR))),
+      data_dir=(os.path.abspath(os.path.expanduser(value(_DATA_DIR)))
+                if value(_DATA_DIR) else None),
+      method=value(_METHOD),
+      model=value(_MODEL),
+      wrn_depth=value(_WRN_DEPTH),
+      wrn_width=value(_WRN_WIDTH),
+      num_epochs=value(_NUM_EPOCHS),
+      batch_size=value(_BATCH_SIZE),
+      seed=value(_SEED),
+      eps=value(_EPS),
+      step_size=(value(_STEP_SIZE) if value(_STEP_SIZE) is not None
+                 else value(_EPS) / 4),
+      num_steps=value(_NUM_STEPS),
+      c_max=value(_C_MAX),
+      t_prime=value(_T_PRIME),
+      curriculum_max_steps=value(_CURRICULUM_MAX_STEPS),
+      curriculum_threshold=value(_CURRICULUM_THRESHOLD),
+      curriculum_start_steps=value(_CURRICULUM_START_STEPS),
+      learning_rate=value(_LEARNING_RATE),
+      momentum=value(_MOMENTUM),
+      weight_decay=value(_WEIGHT_DECAY),
+      lr_drop_epochs=_parse_int_list(value(_LR_DROP_EPOCHS), 'lr_drop_epochs'),
+      keras_decay=value(_KERAS_DECAY),
+      loss_weighting=value(_LOSS_WEIGHTING),
+      fosc_centre_random_start=value(_FOSC_CENTRE_RANDOM_START),
+      unclipped_random_start=value(_UNCLIPPED_RANDOM_START),
+      augment=value(_AUGMENT),
+      eps_warmup_epochs=value(_EPS_WARMUP_EPOCHS),
+      num_train_examples=value(_NUM_TRAIN_EXAMPLES),
+      num_eval_examples=value(_NUM_EVAL_EXAMPLES),
+      eval_batch_size=value(_EVAL_BATCH_SIZE),
+      eval_every=value(_EVAL_EVERY),
+      eval_every_examples=value(_EVAL_EVERY_EXAMPLES),
+      attacks=value(_ATTACKS),
+      log_every_steps=value(_LOG_EVERY_STEPS),
+      checkpoint_every_steps=value(_CHECKPOINT_EVERY_STEPS),
+      keep_checkpoints=value(_KEEP_CHECKPOINTS),
+      stop_after_steps=value(_STOP_AFTER_STEPS),
       source_workdir=(os.path.abspath(os.path.expanduser(
-          _SOURCE_WORKDIR.value)) if _SOURCE_WORKDIR.value else None),
-      multihost=_MULTIHOST.value,
-      coordinator_address=_COORDINATOR_ADDRESS.value,
-      num_processes=_NUM_PROCESSES.value,
-      process_id=_PROCESS_ID.value,
+          value(_SOURCE_WORKDIR))) if value(_SOURCE_WORKDIR) else None),
+      multihost=value(_MULTIHOST),
+      coordinator_address=value(_COORDINATOR_ADDRESS),
+      num_processes=value(_NUM_PROCESSES),
+      process_id=value(_PROCESS_ID),
   )
 
 
-def set_dataset_defaults(dataset: str) -> None:
+def set_dataset_defaults(dataset: str,
+                         flag_values: Optional[flags.FlagValues] = None
+                         ) -> None:
   """Makes ``dataset``'s settings the flag defaults (before parsing)."""
+  fv = flags.FLAGS if flag_values is None else flag_values
   for name, value in DATASET_DEFAULTS[dataset].items():
-    flags.FLAGS.set_default(name, value)
+    fv.set_default(name, value)
 
 
 # --------------------------------------------------------------------------

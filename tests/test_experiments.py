@@ -400,15 +400,17 @@ def test_flagfiles(path):
   assert config.batch_size == 128 and config.num_steps == 10
   assert config.momentum == 0.9 and config.c_max == 0.5
   assert config.step_size == pytest.approx(config.eps / 4)
+  # Section 5: weight decay 1e-4 for both datasets.
+  assert config.weight_decay == 1e-4
   if dataset == 'mnist':
     assert (config.eps, config.num_epochs, config.t_prime) == (0.3, 50, 40)
-    assert config.lr_drop_epochs == (20, 40) and config.weight_decay == 0
+    assert config.lr_drop_epochs == (20, 40)
     assert config.curriculum_max_steps == 40 and config.augment == 'none'
   else:
     assert config.eps == pytest.approx(8 / 255)
     assert (config.num_epochs, config.t_prime) == (120, 100)
     assert config.lr_drop_epochs == (60, 100)
-    assert config.weight_decay == 1e-4 and config.augment == 'crop_flip'
+    assert config.augment == 'crop_flip'
     assert config.curriculum_max_steps == 7
     assert config.model == ('wrn' if '_wrn_' in path.name else 'cifar10_cnn')
   # A later command-line flag overrides the file.

@@ -1,0 +1,54 @@
+"""The study figures of a sweep (:mod:`experiments.sweep`).
+
+* :func:`cost_robustness`: test PGD-20 against the attack gradient
+  evaluations of training, one point per run, one colour per variant.
+* :func:`threshold_vs_fosc`: per epoch, each Dynamic variant's ``c_t``
+  beside the median FOSC of the Standard runs' training adversarial examples
+  (and of each Dynamic variant's own, seed by seed).
+"""
+
+import glob
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from dynamic_at import plots
+from experiments.config import FOSC_DIR
+
+
+def cost_robustness(results: Sequence, path: str) -> str:
+  points: Dict[str, List[Tuple[float, float]]] = {}
+  for r in results:
+    points.setdefault(r.variant, []).append(
+        (r.grad_evals, r.white_box['pgd20']))
+  return plots.cost_robustness(
+      points, path, title='Each run: full-test-set PGD-20 vs training cost')
+
+
+def median_fosc_per_epoch(workdir: str) -> List[Tuple[int, float]]:
+  """``(epoch, median FOSC)`` of a run's training adversarial examples."""
+  out = []
+  for f in sorted(glob.glob(os.path.join(workdir, FOSC_DIR, 'epoch_*.npy'))):
+    epoch = int(os.path.basename(f)[len('epoch_'):-len('.npy')])
+    values = np.load(f)
+    values = values[np.isfinite(values)]
+    if values.size:
+      out.append((epoch, float(np.median(values))))
+  return out
+
+
+def threshold_vs_fosc(results: Sequence, path: str,
+                      reference_method: str = 'standard') -> str:
+  """c_t of each Dynamic variant (its first seed's rows) and median FOSC."""
+  thresholds, fosc = {}, {}
+  for r in results:
+    key = f'c_t {r.variant}'
+    if r.rows and r.rows[0].get('c_t') is not None and key not in thresholds:
+      thresholds[key] = [(row['epoch'], row['c_t']) for row in r.rows]
+  for r in results:
+    if r.variant == reference_method:
+      fosc[f'median FOSC {r.name}'] = median_fosc_per_epoch(r.workdir)
+  return plots.thresholds_and_fosc(
+      thresholds, fosc, path,
+      title="Dynamic's c_t and Standard's median training FOSC")

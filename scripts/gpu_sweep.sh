@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# A sweep grid (experiments/grids/*.json) on one lent GPU machine inside a
+# fixed time budget, packing the workdirs for the trip back as it goes.
+#
+#   bash scripts/gpu_sweep.sh GRID DATA_DIR OUT_DIR [SECONDS] [JOBS]
+#
+# Runs `python -m experiments.sweep` with JOBS (default 6) runs sharing the
+# GPU; the sweep stops its runs with SIGINT (they checkpoint) when SECONDS
+# (default 540) minus 40 have passed. Every 60 s and at the end,
+# OUT_DIR/<run>.tgz is rewritten with the run's flags.json, metrics.jsonl,
+# results, figures, newest checkpoint and FOSC arrays, and OUT_DIR/logs.tgz
+# with the logs. Unpack them into the sweep's runs folder
+# (workdirs/<grid name>/) on any machine and rerun the same sweep command
+# there: finished runs are skipped, unfinished ones resume.
+#
+# RUNS (default /tmp/runs/<grid name>) survives while the machine stays warm,
+# so calling the script again on a warm machine resumes in place. Python
+# packages missing on the GPU machine are installed from wheels in .whl/
+# into /tmp/site. Smoke test: EXTRA_SWEEP_FLAGS="--only=standard_seed0".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+GRID=$1
+DATA=$(realpath "$2")
+OUT=$(realpath -m "$3")
+LIMIT=${4:-540}
+JOBS=${5:-6}
+NAME=$(basename "$GRID" .json)
+RUNS=${RUNS:-/tmp/runs/$NAME}
+mkdir -p "$RUNS" "$OUT"
+exec > >(tee -a "$RUNS/driver.log") 2>&1
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false \
+  TF_CPP_MIN_LOG_LEVEL=2 TQDM_MININTERVAL=20
+if compgen -G '.whl/*.whl' > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+python3 -c 'import sys, jax, flax, optax, orbax.checkpoint as o, numpy
+print("python", sys.version.split()[0], "jax", jax.__version__, "flax",
+      flax.__version__, "optax", optax.__version__, "orbax", o.__version__,
+      "numpy", numpy.__version__, jax.devices())' || exit 1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nproc
+
+pack() {
+  local d name ckpt items
+  for d in "$RUNS"/*/; do
+    name=$(basename "$d")
+    items=()
+    for f in flags.json metrics.jsonl tb fosc fosc_histograms.png \
+      training_curves.png results.json results.md; do
+      [[ -e $d/$f ]] && items+=("$name/$f")
+    done
+    ckpt=$(ls "$d/checkpoints" 2> /dev/null | grep -E '^[0-9]+$' | sort -n |
+      tail -1)
+    [[ -n $ckpt ]] && items+=("$name/checkpoints/$ckpt")
+    tar czf "$OUT/$name.tgz.part" -C "$RUNS" "${items[@]}" 2> /dev/null &&
+      mv "$OUT/$name.tgz.part" "$OUT/$name.tgz"
+  done
+  (cd "$RUNS" && tar czf "$OUT/logs.tgz.part" ./*.log table.* 2> /dev/null) &&
+    mv "$OUT/logs.tgz.part" "$OUT/logs.tgz"
+}
+
+python3 -m experiments.sweep --grid="$GRID" --runs_dir="$RUNS" \
+  --data_dir="$DATA" --jobs="$JOBS" --threads_per_job=0 \
+  --max_seconds=$((LIMIT - 40)) ${EXTRA_SWEEP_FLAGS:-} &
+SWEEP=$!
+while kill -0 $SWEEP 2> /dev/null; do
+  for _ in $(seq 12); do
+    sleep 5
+    kill -0 $SWEEP 2> /dev/null || break
+  done
+  pack
+  echo "[$SECONDS s] packed; newest epoch per run:"
+  for f in "$RUNS"/*/metrics.jsonl; do
+    [[ -f $f ]] || continue
+    echo "  $(basename "$(dirname "$f")"): $(tail -1 "$f" | cut -c 1-160)"
+  done
+done
+wait $SWEEP
+echo "sweep exit status $?"
+pack
+ls -la "$OUT"
