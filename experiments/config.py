@@ -27,6 +27,8 @@ DATASETS = ('mnist', 'cifar10')
 AUGMENTATIONS = ('none', 'crop_flip', 'keras')
 ATTACK_SETS = {'paper': evaluation.PAPER_ATTACKS,
                'strong': evaluation.STRONG_ATTACKS}
+# Image shape of each dataset (height, width, channels).
+IMAGE_SHAPES = {'mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
 # Models each dataset accepts.
 DATASET_MODELS = {'mnist': ('mnist_cnn',), 'cifar10': ('cifar10_cnn', 'wrn')}
 

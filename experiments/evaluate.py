@@ -15,6 +15,14 @@ Only ``--data_dir``, ``--num_eval_examples``, ``--eval_batch_size``,
 ``--source_workdir``, ``--attacks`` and ``--multihost`` are read from the
 command line (each falls back to the run's saved value); the other flags come
 from the run's ``flags.json``.
+
+With ``--weights=FILE`` it evaluates a weights file instead
+(:func:`dynamic_at.weights.save_weights`, e.g. ``results/.../model.msgpack``)
+with the flags saved in it, writing ``results.json`` into ``--workdir``::
+
+  python -m experiments.evaluate \\
+      --weights=results/mnist_dynamic_study/standard_seed0/model.msgpack \\
+      --workdir=runs/eval_standard --data_dir=../shared/data/mnist
 """
 
 import os
@@ -31,6 +39,11 @@ from experiments import inputs
 from experiments import reporting
 
 # The flags evaluate takes from the command line when given.
+_WEIGHTS = flags.DEFINE_string(
+    'weights', None, 'Evaluate this weights file (parameters and BatchNorm '
+    'statistics, written by sweep --export_weights) instead of the newest '
+    'checkpoint of --workdir; --workdir is then only where results go.')
+
 OVERRIDABLE = ('data_dir', 'num_eval_examples', 'eval_batch_size',
                'source_workdir', 'attacks', 'multihost',
                'coordinator_address', 'num_processes', 'process_id')
@@ -68,6 +81,46 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> Dict[str, Any]:
                                        meta=meta, source=source)
 
 
+def evaluate_weights(path: str, workdir: str,
+                     **overrides: Any) -> Dict[str, Any]:
+  """Evaluates the weights file ``path``; results go to ``workdir``.
+
+  Raises:
+    config_lib.ConfigError, data.DataError: naming the flag or file.
+  """
+  import optax  # pylint: disable=g-import-not-at-top
+  from dynamic_at import train  # pylint: disable=g-import-not-at-top
+  from dynamic_at import weights  # pylint: disable=g-import-not-at-top
+  unknown = set(overrides) - set(OVERRIDABLE)
+  if unknown:
+    raise config_lib.ConfigError(f'evaluate does not take {sorted(unknown)}')
+  try:
+    model, variables, info = weights.load_weights(path)
+  except weights.WeightsError as e:
+    raise config_lib.ConfigError(f'--weights={path}: {e}') from None
+  saved = dict(info.get('flags', {}), data_dir=None, source_workdir=None)
+  config = config_lib.Config.from_dict(saved).replace(workdir=workdir,
+                                                      **overrides)
+  config_lib.initialize_multihost(config)
+  config_lib.validate_config(config)
+  config_lib.validate_devices(config, training=False)
+  config_lib.check_source_workdir(config)
+  config_lib.check_workdir_writable(workdir)
+  test_ds = inputs.load_test_data(config)
+  mesh = parallel.make_mesh()
+  state = train.TrainState.create(apply_fn=model.apply,
+                                  params=variables['params'],
+                                  batch_stats=variables['batch_stats'],
+                                  tx=optax.identity())
+  state = parallel.replicate(state, mesh)
+  source = reporting.restore_source(config, test_ds.image_shape, mesh)
+  meta = {'train_time_s': info.get('train_time_s'), 'step': info.get('step'),
+          'num_train_examples': info.get('num_train_examples'),
+          'train_data_source': f'weights file {os.path.basename(path)}'}
+  return reporting.evaluate_and_report(config, state, test_ds, mesh,
+                                       meta=meta, source=source)
+
+
 def _overrides_from_flags() -> Dict[str, Any]:
   out = {}
   for name in OVERRIDABLE:
@@ -83,8 +136,12 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   common.quiet_logging()
   try:
-    evaluate_workdir(os.path.abspath(flags.FLAGS.workdir),
-                     **_overrides_from_flags())
+    if _WEIGHTS.value:
+      evaluate_weights(_WEIGHTS.value, os.path.abspath(flags.FLAGS.workdir),
+                       **_overrides_from_flags())
+    else:
+      evaluate_workdir(os.path.abspath(flags.FLAGS.workdir),
+                       **_overrides_from_flags())
   except (config_lib.ConfigError, data.DataError) as e:
     common.fail(e)
 

@@ -26,6 +26,7 @@ from experiments.config import Config
 from experiments.config import ConfigError
 from experiments.config import FLAGS_FILE
 from experiments.config import FOSC_DIR
+from experiments.config import IMAGE_SHAPES
 from experiments.config import RESULTS_FILE
 from experiments.outputs import _devices_description
 from experiments.outputs import _is_main_process
@@ -181,6 +182,39 @@ def evaluate_and_report(config: Config, state: train.TrainState,
         out, title=f'{config.dataset} / {config.method}'), flush=True)
     print(f'Wrote {json_path}', flush=True)
   return out
+
+
+def export_weights(workdir: str, path: str) -> str:
+  """Writes the newest checkpoint's parameters and BatchNorm statistics of
+  the run in ``workdir`` to the weights file ``path``
+  (:func:`dynamic_at.weights.save_weights`), with the run's flags, training
+  facts and, if evaluated, its white-box results as ``info``."""
+  from dynamic_at import weights  # pylint: disable=g-import-not-at-top
+  config = load_saved_config(workdir)
+  shape = IMAGE_SHAPES[config.dataset]
+  _, state, meta = restore_model(workdir, shape, parallel.make_mesh())
+  results = {}
+  try:
+    with open(os.path.join(workdir, RESULTS_FILE)) as f:
+      saved = json.load(f)
+    if saved.get('step') == meta.get('step'):
+      results = {k: saved.get(k) for k in ('white_box', 'black_box',
+                                           'num_eval_examples', 'devices')}
+  except (OSError, ValueError):
+    pass
+  flags_dict = config.to_dict()
+  for key in ('workdir', 'data_dir', 'source_workdir'):
+    if flags_dict.get(key):
+      flags_dict[key] = os.path.basename(flags_dict[key])
+  model_kwargs = ({'depth': config.wrn_depth, 'width': config.wrn_width}
+                  if config.model == 'wrn' else {})
+  info = {'dataset': config.dataset, 'method': config.method,
+          'input_shape': list(shape), 'flags': flags_dict,
+          'step': meta.get('step'), 'train_time_s': meta.get('train_time_s'),
+          'num_train_examples': meta.get('num_train_examples'),
+          'results': results}
+  return weights.save_weights(path, _variables(state), model=config.model,
+                              model_kwargs=model_kwargs, info=info)
 
 
 def restore_source(config: Config, image_shape: Tuple[int, ...], mesh

@@ -64,6 +64,11 @@ _RESULTS_DIR = flags.DEFINE_string(
     'results_dir', None, 'Also copy each finished run\'s results.json, '
     'metrics.jsonl and flags.json here (one folder per run) and write the '
     'table and figures here (default: the table goes to --runs_dir).')
+_EXPORT_WEIGHTS = flags.DEFINE_bool(
+    'export_weights', False, 'With --results_dir: also write each finished '
+    'run\'s parameters and BatchNorm statistics to '
+    '<results_dir>/<run>/model.msgpack (python -m experiments.evaluate '
+    '--weights=... evaluates it).')
 _JOBS = flags.DEFINE_integer('jobs', 1, 'Runs trained at the same time.')
 _THREADS_PER_JOB = flags.DEFINE_integer(
     'threads_per_job', 0, 'Pin each run to this many CPU cores (1 also makes '
@@ -485,7 +490,7 @@ def copy_run_files(result: RunResult, results_dir: str) -> None:
 
 
 def report(grid: Grid, runs_dir: str, results_dir: Optional[str],
-           reference: Optional[str] = None) -> str:
+           reference: Optional[str] = None, export: bool = False) -> str:
   """Writes table.md / table.csv (and copies, figures); returns the table."""
   from dynamic_at import files  # pylint: disable=g-import-not-at-top
   from experiments import sweep_figures  # pylint: disable=g-import-not-at-top
@@ -500,6 +505,10 @@ def report(grid: Grid, runs_dir: str, results_dir: Optional[str],
   if results_dir:
     for r in results:
       copy_run_files(r, results_dir)
+      if export:
+        from experiments import reporting  # pylint: disable=g-import-not-at-top
+        reporting.export_weights(r.workdir, os.path.join(
+            results_dir, r.name, 'model.msgpack'))
     if results:
       sweep_figures.cost_robustness(results, os.path.join(
           results_dir, 'pgd20_vs_gradient_evaluations.png'))
@@ -543,7 +552,8 @@ def main(argv: Sequence[str]) -> None:
     if failed:
       print(f'[sweep] runs that failed (see <runs_dir>/<run>.log): {failed}',
             flush=True)
-  print(report(grid, runs_dir, _RESULTS_DIR.value), flush=True)
+  print(report(grid, runs_dir, _RESULTS_DIR.value,
+               export=_EXPORT_WEIGHTS.value), flush=True)
 
 
 if __name__ == '__main__':

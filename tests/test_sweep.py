@@ -177,7 +177,7 @@ def test_tiny_grid_end_to_end_then_skips_finished_runs(tmp_path,
   runs_dir, results_dir = tmp_path / 'runs', tmp_path / 'results'
   args = [f'--grid={path}', f'--runs_dir={runs_dir}',
           f'--data_dir={run_utils.MNIST_DIR}', f'--results_dir={results_dir}',
-          '--jobs=2', '--threads_per_job=1']
+          '--jobs=2', '--threads_per_job=1', '--export_weights']
   proc = run_utils.run('experiments.sweep', args, subprocess_env)
   assert proc.stdout.count(': started') == 4, proc.stdout
   for name in ('standard_seed0', 'standard_seed1', 'dynamic_c0_seed0',
@@ -205,6 +205,23 @@ def test_tiny_grid_end_to_end_then_skips_finished_runs(tmp_path,
               'c_t_vs_standard_fosc.png'):
     assert (results_dir / png).read_bytes()[:4] == b'\x89PNG'
   assert '| standard | 0,1 |' in (results_dir / 'table.md').read_text()
+  # The exported weights evaluate to the run's own results (the same test
+  # examples and attack keys; one example of 64 may flip between the
+  # single-threaded run and this process).
+  model = results_dir / 'standard_seed0' / 'model.msgpack'
+  assert model.stat().st_size < 2 * 1024 * 1024
+  out = tmp_path / 'eval_weights'
+  run_utils.run('experiments.evaluate', [
+      f'--weights={model}', f'--workdir={out}',
+      f'--data_dir={run_utils.MNIST_DIR}', '--eval_batch_size=32'],
+                subprocess_env)
+  got = json.loads((out / 'results.json').read_text())
+  want = json.loads((results_dir / 'standard_seed0' / 'results.json')
+                    .read_text())
+  assert got['num_eval_examples'] == 64 and got['step'] == want['step']
+  assert got['white_box']['clean'] == want['white_box']['clean']
+  for attack, value in want['white_box'].items():
+    assert abs(got['white_box'][attack] - value) <= 100 / 64, attack
   # A second call finds every run finished and trains nothing.
   before = {p: p.stat().st_mtime_ns for p in runs_dir.rglob('checkpoints/*')}
   proc = run_utils.run('experiments.sweep', args, subprocess_env)
