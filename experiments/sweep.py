@@ -472,6 +472,36 @@ def table_csv(table: Sequence[Mapping[str, Any]]) -> str:
   return buf.getvalue()
 
 
+def epochs_markdown(grid: Grid, results: Sequence[RunResult]) -> str:
+  """Per epoch and variant (means over seeds): PGD steps per example, c_t,
+  the median FOSC of the epoch's training adversarial examples and the
+  runs' per-epoch test PGD-20 (``--eval_every``), as
+  ``steps / c_t / median FOSC / PGD-20``."""
+  from experiments import sweep_figures  # pylint: disable=g-import-not-at-top
+  medians = {r.name: dict(sweep_figures.median_fosc_per_epoch(r.workdir))
+             for r in results}
+  variants = [v.name for v in grid.variants
+              if any(r.variant == v.name for r in results)]
+  epochs = sorted({row['epoch'] for r in results for row in r.rows})
+  lines = ['| epoch | ' + ' | '.join(variants) + ' |',
+           '|---:|' + '---|' * len(variants)]
+  for epoch in epochs:
+    cells = []
+    for name in variants:
+      rows = [row for r in results if r.variant == name for row in r.rows
+              if row['epoch'] == epoch]
+      steps = np.mean([row['steps_mean'] for row in rows])
+      c_t = rows[0].get('c_t') if rows else None
+      pgd = [row['test_pgd20'] for row in rows if 'test_pgd20' in row]
+      fosc = [medians[r.name][epoch] for r in results
+              if r.variant == name and epoch in medians[r.name]]
+      cells.append(f'{steps:.2f} / ' + ('-' if c_t is None else f'{c_t:.3g}')
+                   + ' / ' + (f'{np.mean(fosc):.3f}' if fosc else '-')
+                   + ' / ' + (f'{np.mean(pgd):.1f}' if pgd else '-'))
+    lines.append(f'| {epoch} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
 def _relative_paths(text: str) -> str:
   """Absolute paths under the working directory's parent made relative."""
   here = os.path.abspath(os.getcwd())
@@ -502,6 +532,8 @@ def report(grid: Grid, runs_dir: str, results_dir: Optional[str],
   out = results_dir or runs_dir
   files.atomic_write_text(os.path.join(out, 'table.md'), md)
   files.atomic_write_text(os.path.join(out, 'table.csv'), table_csv(table))
+  files.atomic_write_text(os.path.join(out, 'epochs.md'),
+                          epochs_markdown(grid, results))
   if results_dir:
     for r in results:
       copy_run_files(r, results_dir)

@@ -4,6 +4,7 @@ an end-to-end tiny grid on the MNIST files."""
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,12 @@ def test_tiny_grid_end_to_end_then_skips_finished_runs(tmp_path,
               'c_t_vs_standard_fosc.png'):
     assert (results_dir / png).read_bytes()[:4] == b'\x89PNG'
   assert '| standard | 0,1 |' in (results_dir / 'table.md').read_text()
+  epochs = (results_dir / 'epochs.md').read_text().splitlines()
+  assert epochs[0] == '| epoch | standard | dynamic_c0 |'
+  # Epoch 0 of Standard: K = 2 steps, no c_t, a median FOSC, no per-epoch
+  # test evaluation (--eval_every=0).
+  assert len(epochs) == 4
+  assert re.fullmatch(r'\| 0 \| 2\.00 / - / \d+\.\d{3} / - \| .*', epochs[2])
   # The exported weights evaluate to the run's own results (the same test
   # examples and attack keys; one example of 64 may flip between the
   # single-threaded run and this process).
