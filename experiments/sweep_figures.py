@@ -21,9 +21,11 @@ def cost_robustness(results: Sequence, path: str) -> str:
   points: Dict[str, List[Tuple[float, float]]] = {}
   for r in results:
     points.setdefault(r.variant, []).append(
-        (r.grad_evals, r.white_box['pgd20']))
+        (r.grad_evals / 1e6, r.white_box['pgd20']))
   return plots.cost_robustness(
-      points, path, title='Each run: full-test-set PGD-20 vs training cost')
+      points, path,
+      xlabel='attack gradient evaluations in training (millions)',
+      title='Each run: test PGD-20 against training cost')
 
 
 def median_fosc_per_epoch(workdir: str) -> List[Tuple[int, float]]:
