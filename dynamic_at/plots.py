@@ -394,7 +394,7 @@ def thresholds_and_fosc(thresholds: Mapping[str, Sequence[Tuple[int, float]]],
   Returns:
     ``path``.
   """
-  fig = _new_figure(6.5, 4.5)
+  fig = _new_figure(9.0, 4.5)
   ax = fig.subplots()
   for i, (label, pts) in enumerate(thresholds.items()):
     pts = np.asarray(pts, np.float64).reshape(-1, 2)
@@ -407,8 +407,9 @@ def thresholds_and_fosc(thresholds: Mapping[str, Sequence[Tuple[int, float]]],
   ax.set_xlabel('epoch')
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
+  ax.xaxis.get_major_locator().set_params(integer=True)
   if thresholds or fosc:
-    ax.legend(fontsize='small', loc='best')
+    ax.legend(fontsize='small', loc='upper left', bbox_to_anchor=(1.02, 1.0))
   if title:
     ax.set_title(title)
   return _save(fig, path)

@@ -43,11 +43,18 @@ def median_fosc_per_epoch(workdir: str) -> List[Tuple[int, float]]:
 def threshold_vs_fosc(results: Sequence, path: str,
                       reference_method: str = 'standard') -> str:
   """c_t of each Dynamic variant (its first seed's rows) and median FOSC."""
-  thresholds, fosc = {}, {}
+  schedules = {}  # schedule -> the variants that use it
   for r in results:
-    key = f'c_t {r.variant}'
-    if r.rows and r.rows[0].get('c_t') is not None and key not in thresholds:
-      thresholds[key] = [(row['epoch'], row['c_t']) for row in r.rows]
+    if r.rows and r.rows[0].get('c_t') is not None:
+      points = tuple((row['epoch'], row['c_t']) for row in r.rows)
+      # One more point so that the last epoch's c_t shows as a step too.
+      points += ((points[-1][0] + 1, points[-1][1]),)
+      names = schedules.setdefault(points, [])
+      if r.variant not in names:
+        names.append(r.variant)
+  thresholds = {'c_t ' + ', '.join(names): list(points)
+                for points, names in schedules.items()}
+  fosc = {}
   for r in results:
     if r.variant == reference_method:
       fosc[f'median FOSC {r.name}'] = median_fosc_per_epoch(r.workdir)
