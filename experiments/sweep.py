@@ -41,7 +41,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +53,7 @@ import numpy as np
 
 from experiments import config as config_lib
 from experiments.config import ConfigError
+from experiments.outputs import read_metrics
 
 _GRID = flags.DEFINE_string('grid', None, 'Grid file (JSON), e.g. '
                             'experiments/grids/mnist_dynamic_study_cpu.json.')
@@ -259,18 +259,10 @@ def read_json(path: str) -> Optional[Dict[str, Any]]:
     return None
 
 
-def read_rows(workdir: str) -> List[Dict[str, Any]]:
-  path = os.path.join(workdir, config_lib.METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def is_finished(workdir: str) -> bool:
   """A run is finished when its results.json is that of its last epoch."""
   results = read_json(os.path.join(workdir, config_lib.RESULTS_FILE))
-  rows = read_rows(workdir)
+  rows = read_metrics(workdir)
   saved = read_json(os.path.join(workdir, config_lib.FLAGS_FILE)) or {}
   if not results or not rows:
     return False
@@ -398,7 +390,7 @@ def collect(grid: Grid, runs_dir: str) -> List[RunResult]:
       continue
     results = read_json(os.path.join(workdir, config_lib.RESULTS_FILE))
     saved = read_json(os.path.join(workdir, config_lib.FLAGS_FILE))
-    rows = read_rows(workdir)
+    rows = read_metrics(workdir)
     out.append(RunResult(
         name=spec.name, variant=spec.variant.name, seed=spec.seed,
         white_box=dict(results['white_box']),
