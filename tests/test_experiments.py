@@ -243,10 +243,23 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_chance_loss_warning(capsys):
   config = config_lib.Config(dataset='mnist', workdir='/w', method='standard')
   training._chance_warning(config, {'train_loss': 2.3026}, 'after epoch 1')
-  assert '--eps_warmup_epochs' in capsys.readouterr().err
-  training._chance_warning(config, {'train_loss': 0.9}, 'after epoch 1')
-  training._chance_warning(config.replace(method='unsecured'),
-                           {'train_loss': 2.3026}, 'after epoch 1')
+  mnist = capsys.readouterr().err
+  assert 'adversarial training loss is 2.3026' in mnist
+  assert 'a known failure of PGD training on MNIST at eps 0.3' in mnist
+  assert '--eps_warmup_epochs=5' in mnist and '--learning_rate' in mnist
+  cifar = config_lib.Config(dataset='cifar10', workdir='/w',
+                            method='standard')
+  training._chance_warning(cifar, {'train_loss': 2.3026}, 'after epoch 1')
+  text = capsys.readouterr().err
+  assert 'adversarial training loss is 2.3026' in text
+  assert ('the model is at chance level. If it is still there after several '
+          'epochs, try --eps_warmup_epochs=5') in text
+  assert '--learning_rate' in text
+  assert 'MNIST' not in text and 'known failure' not in text
+  for c in (config, cifar):
+    training._chance_warning(c, {'train_loss': 0.9}, 'after epoch 1')
+    training._chance_warning(c.replace(method='unsecured'),
+                             {'train_loss': 2.3026}, 'after epoch 1')
   assert not capsys.readouterr().err
 
 
