@@ -426,9 +426,54 @@ def test_flagfiles(path):
     assert config.augment == 'crop_flip'
     assert config.curriculum_max_steps == 7
     assert config.model == ('wrn' if '_wrn_' in path.name else 'cifar10_cnn')
+    if config.model == 'wrn':  # WRN-34-10, Table 3 of the paper.
+      assert (config.wrn_depth, config.wrn_width) == (34, 10)
   # A later command-line flag overrides the file.
   assert _parse(dataset, [f'--flagfile={path}', '--workdir=/tmp/unused',
                           '--eps=0.1']).eps == 0.1
+
+
+def test_wrn_flagfile_trains_one_pgd10_step_on_cpu():
+  """A WRN Standard step (PGD-10) through the experiments' training path:
+  the WRN flagfile at depth 10, width 1, batch 8."""
+  config = _parse('cifar10', [
+      f'--flagfile={CONFIGS / "cifar10_wrn_standard.flags"}',
+      '--workdir=/tmp/unused', '--wrn_depth=10', '--wrn_width=1',
+      '--batch_size=8'])
+  config_lib.validate_config(config)
+  model = training.build_model(config)
+  assert (type(model).__name__, model.depth, model.width) == (
+      'WideResNet', 10, 1)
+  mesh = parallel.make_mesh()
+  state = parallel.replicate(
+      training.initial_state(config, config_lib.IMAGE_SHAPES['cifar10'], 4),
+      mesh)
+  params0 = jax.tree.map(np.array, state.params)
+  stats0 = jax.tree.map(np.array, state.batch_stats)
+  rng = np.random.default_rng(0)
+  batch = parallel.global_batch(
+      {'image': rng.random((8, 32, 32, 3), dtype=np.float32),
+       'label': rng.integers(0, 10, 8).astype(np.int32)}, mesh)
+  step, traces = training.make_step(config, mesh)
+  ap = training.epoch_attack_params(config, 0, config.curriculum_start_steps)
+  assert int(ap.num_steps) == 10 and float(ap.c_stop) == -np.inf
+  _, train_key = training.run_keys(config.seed)
+  state, metrics = step(state, batch, train_key, ap, False)
+  assert traces[0] == 1 and int(state.step) == 1
+  assert np.isfinite(float(metrics['loss']))
+  assert float(metrics['loss']) > 0
+  # Standard runs all K = 10 PGD steps on every example.
+  assert int(metrics['steps_max']) == 10
+  assert float(metrics['steps_mean']) == 10.0
+  params1 = jax.tree.map(np.array, state.params)
+  changed = jax.tree.leaves(jax.tree.map(
+      lambda a, b: bool(np.all(np.isfinite(b))) and not np.array_equal(a, b),
+      params0, params1))
+  assert len(changed) > 10 and all(changed)
+  stats_changed = jax.tree.leaves(jax.tree.map(
+      lambda a, b: not np.array_equal(a, np.asarray(b)), stats0,
+      state.batch_stats))
+  assert stats_changed and all(stats_changed)
 
 
 def test_dataset_defaults_without_flagfile():
