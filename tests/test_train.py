@@ -210,14 +210,17 @@ def _hand_start(state, x0, key, eps=_EPS):
                                      eps)
 
 
+@jax.jit
 def _hand_attack(state, x0, y, key, ap):
-  """dynamic_at's PGD on the inference-mode model from the hand-drawn start."""
+  """dynamic_at's PGD on the inference-mode model from the hand-drawn start
+  (jitted: only to compile once instead of running op by op)."""
   return _attacks.pgd(_inference(state), x0, y, eps=ap.eps,
                       step_size=ap.step_size, num_steps=ap.num_steps,
                       c_stop=ap.c_stop, random_start=False,
                       x_start=_hand_start(state, x0, key, ap.eps))
 
 
+@jax.jit
 def _hand_sgd_step(state, x, y):
   """One optax SGD-with-momentum step (first step: momentum buffer 0) on the
   batch ``x`` in training mode; returns ``(params, batch_stats, logits)``."""
