@@ -32,16 +32,27 @@ def _state(seed=0):
 
 
 def _stepped_state():
-  """A state after one update, so the momentum buffers are non-zero."""
+  """A state after one update, so the momentum buffers and the schedule's
+  count are non-zero, with moved BatchNorm statistics."""
   state = _state()
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), state.params)
-  return state.apply_gradients(grads=grads)
+  state = state.apply_gradients(grads=grads)
+  return state.replace(batch_stats=jax.tree.map(lambda v: v + 0.25,
+                                                state.batch_stats))
 
 
 def _assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  """Every leaf of the pytrees ``a`` and ``b`` (e.g. whole train states:
+  params, batch_stats, opt_state, step), walked by jax, not by a list of
+  fields. Leaves are matched by their key paths (the structure's static
+  fields, ``apply_fn`` and ``tx``, are the restore target's own objects)."""
+  assert type(a) is type(b)
+  leaves_a = jax.tree_util.tree_leaves_with_path(a)
+  leaves_b = jax.tree_util.tree_leaves_with_path(b)
+  paths = [jax.tree_util.keystr(p) for p, _ in leaves_a]
+  assert paths == [jax.tree_util.keystr(p) for p, _ in leaves_b]
+  for path, (_, x), (_, y) in zip(paths, leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=path)
 
 
 def test_roundtrip_is_bit_identical(tmp_path):
@@ -57,8 +68,19 @@ def test_roundtrip_is_bit_identical(tmp_path):
     restored, got_arrays, got_meta = ckpt.restore(
         _state(seed=1), arrays_target={'fosc': np.zeros(7, np.float32),
                                        'key': jax.random.key(0)})
-  _assert_trees_equal(checkpoint.state_tree(restored),
-                      checkpoint.state_tree(state))
+  _assert_trees_equal(restored, state)
+  # Every leaf of the restore target differs from the saved state's (the
+  # momentum too), so a leaf the checkpoint lost would show above.
+  template = _state(seed=1)
+  leaves = jax.tree_util.tree_leaves_with_path(state)
+  fresh = jax.tree_util.tree_leaves_with_path(template)
+  assert [p for p, _ in leaves] == [p for p, _ in fresh]
+  paths = [jax.tree_util.keystr(p) for p, _ in leaves]
+  # The momentum: one buffer per parameter array.
+  assert (sum('opt_state' in p for p in paths) >=
+          len(jax.tree.leaves(state.params)))
+  for path, (_, saved), (_, new) in zip(paths, leaves, fresh):
+    assert not np.array_equal(saved, new), path
   # optax's NamedTuples come back as themselves, not as lists.
   assert type(restored.opt_state) is type(state.opt_state)
   assert type(restored.opt_state[1][0]) is type(state.opt_state[1][0])
@@ -146,8 +168,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path,
   state_a, arrays_a, meta_a = _final_params(full)
   state_b, arrays_b, meta_b = _final_params(parts)
   assert meta_a['step'] == meta_b['step'] == 8
-  _assert_trees_equal(checkpoint.state_tree(state_a),
-                      checkpoint.state_tree(state_b))
+  _assert_trees_equal(state_a, state_b)
   np.testing.assert_array_equal(arrays_a['fosc'], arrays_b['fosc'])
   for name in ('epoch_0000.npy', 'epoch_0001.npy'):
     np.testing.assert_array_equal(np.load(full / 'fosc' / name),

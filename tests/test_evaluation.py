@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import dynamic_at
 from dynamic_at import evaluation
 from dynamic_at import parallel
 
@@ -369,3 +370,111 @@ def test_write_results(tmp_path, paper_results):
   assert json.loads(path.read_text())['method'] == 'standard'
   assert sorted(os.listdir(tmp_path / 'sub')) == ['results.json',
                                                   'results.md']
+
+
+# ------------------------------------------- attacks reproduced by hand ----
+
+def _keys(key, batch_index, attack):
+  """The key of ``attack`` on batch ``batch_index`` (the documented rule)."""
+  return jax.random.fold_in(jax.random.fold_in(key, batch_index),
+                            evaluation.STRONG_ATTACKS.index(attack))
+
+
+def test_black_box_attacks_are_crafted_on_the_source():
+  """The target's black-box accuracy is its accuracy on examples crafted by
+  the library's attacks on the source model (same keys), by hand. The source
+  is an unrelated network, so the target's white-box examples (what an
+  attack crafted on the target would give) are classified differently."""
+  source_vars = _MLP.init(jax.random.key(42), jnp.zeros((1,) + _SHAPE))
+  x, y = _data(32)
+  key, eps, batch = jax.random.key(1), 0.15, 16
+  attacks = ('fgsm', 'pgd10', 'pgd20', 'cw_inf')
+  r = evaluation.evaluate(_MLP.apply, _MLP_VARS, x, y, eps=eps, key=key,
+                          batch_size=batch, attacks=attacks,
+                          source=(_MLP.apply, source_vars))
+  source = lambda v: _MLP.apply(source_vars, v, train=False)
+  crafting = {'fgsm': dynamic_at.fgsm, 'pgd10': dynamic_at.pgd10,
+              'pgd20': dynamic_at.pgd20, 'cw_inf': dynamic_at.cw_inf}
+  for name in attacks:
+    correct = []
+    for b in range(2):
+      xb, yb = x[b * batch:(b + 1) * batch], y[b * batch:(b + 1) * batch]
+      x_adv, _ = crafting[name](source, xb, yb, _keys(key, b, name), eps=eps)
+      correct.append(np.argmax(_MLP.apply(_MLP_VARS, x_adv), -1) == yb)
+    expected = np.concatenate(correct)
+    np.testing.assert_array_equal(r['per_example']['black_box'][name],
+                                  expected, err_msg=name)
+    assert r['black_box'][name] == 100.0 * expected.mean()
+    assert not np.array_equal(expected, r['per_example']['white_box'][name])
+
+
+def _reference_pgd(logits_fn, x0, y, key, eps, num_steps, loss, *,
+                   step=None, random_start=True):
+  """PGD written out: a uniform start in the eps-ball (``U(-1, 1) * eps``
+  drawn from ``key``), clipped to [0, 1], then ``num_steps`` steps of
+  ``step`` (default ``eps / 4``) times the gradient's sign, each projected
+  onto the ball and [0, 1]."""
+  x0 = jnp.asarray(x0)
+  step = eps / 4 if step is None else step
+  grad = jax.jit(jax.grad(lambda v: loss(logits_fn(v), y).sum()))
+  x = x0
+  if random_start:
+    noise = jax.random.uniform(key, x0.shape, x0.dtype, -1.0, 1.0)
+    x = jnp.clip(x0 + eps * noise, 0.0, 1.0)
+  for _ in range(num_steps):
+    x = x + step * jnp.sign(grad(x))
+    x = jnp.clip(jnp.clip(x, x0 - eps, x0 + eps), 0.0, 1.0)
+  return x
+
+
+def _probe(variables, x, train=False):
+  """A "model" that says whether it sees the expected points: it predicts
+  ``variables['labels']`` for an example iff the example equals
+  ``variables['expected']`` (to 1e-6), another class otherwise."""
+  del train
+  diff = jnp.abs(x - variables['expected']).reshape(x.shape[0], -1)
+  hit = jnp.max(diff, axis=1) <= 1e-6
+  labels = variables['labels']
+  return jax.nn.one_hot(jnp.where(hit, labels, (labels + 1) % _NUM_CLASSES),
+                        _NUM_CLASSES)
+
+
+def _sine(variables, x, train=False):
+  """A source whose loss oscillates in the input, so PGD's end point depends
+  on its start and step size."""
+  del train
+  return jnp.sin(x.reshape(x.shape[0], -1) @ variables)
+
+
+@pytest.mark.parametrize('attack,num_steps,loss', [
+    ('pgd10', 10, dynamic_at.xent),
+    ('pgd20', 20, dynamic_at.xent),
+    ('cw_inf', 30, lambda logits, y: dynamic_at.cw_margin(logits, y, 50.0)),
+])
+def test_evaluation_attacks_step_eps_over_4_from_a_random_start(
+    attack, num_steps, loss):
+  """The evaluation's PGD-10, PGD-20 and CW-inf are PGD with step ``eps / 4``
+  from a random start drawn with the batch's key: crafted on a source model
+  (black-box), they give exactly the written-out reference's points, which a
+  probe target checks point by point. The reference without the random
+  start, or with step ``eps / 8``, ends elsewhere. (White-box attacks run the
+  same functions with the same keys: see
+  ``test_black_box_with_itself_as_source_equals_white_box``.)"""
+  x, y = _data(32, seed=5)
+  key, eps = jax.random.key(3), 0.1
+  w = 5.0 * jax.random.normal(jax.random.key(7), (16, _NUM_CLASSES))
+  source = lambda v: _sine(w, v)
+  k = _keys(key, 0, attack)
+  expected = _reference_pgd(source, x, y, k, eps, num_steps, loss)
+  for other in (_reference_pgd(source, x, y, k, eps, num_steps, loss,
+                               random_start=False),
+                _reference_pgd(source, x, y, k, eps, num_steps, loss,
+                               step=eps / 8)):
+    assert float(jnp.min(jnp.max(jnp.abs(other - expected),
+                                 axis=(1, 2, 3)))) > 1e-3
+  r = evaluation.evaluate(_probe, {'expected': expected, 'labels': y}, x, y,
+                          eps=eps, key=key, batch_size=32,
+                          attacks=('clean', attack), source=(_sine, w))
+  assert r['white_box']['clean'] == 0.0  # the probe rejects the clean images
+  np.testing.assert_array_equal(r['per_example']['black_box'][attack],
+                                np.ones(32, bool))

@@ -61,19 +61,30 @@ def test_nonnegative_inside_ball_and_zero_at_optimal_vertex():
       _fosc_jit(inside, x0, jnp.zeros_like(g), eps), np.zeros(64))
 
 
+def _closed_form(x, x0, g, eps):
+  """``eps_i * ||g_i||_1 - <x_i - x0_i, g_i>`` per example, numpy float64."""
+  x, x0, g = (np.asarray(a, np.float64).reshape(len(a), -1)
+              for a in (x, x0, g))
+  eps = np.broadcast_to(np.asarray(eps, np.float64), (len(x),))
+  return eps * np.abs(g).sum(1) - ((x - x0) * g).sum(1)
+
+
 def test_per_example_eps_and_vmap_and_grad():
   rng = np.random.default_rng(2)
   x0 = jnp.float32(rng.uniform(size=(3, 4)))
-  x = x0 + 0.01
+  x = x0 + jnp.float32(rng.uniform(-0.1, 0.1, (3, 4)))
   g = jnp.float32(rng.normal(size=(3, 4)))
   eps = jnp.array([0.1, 0.2, 0.3])
-  per_example = jnp.stack([fosc(x[i:i + 1], x0[i:i + 1], g[i:i + 1], eps[i])[0]
-                           for i in range(3)])
-  np.testing.assert_allclose(_fosc_jit(x, x0, g, eps), per_example, rtol=1e-6)
-  # Under vmap over an extra leading axis.
+  expected = _closed_form(x, x0, g, np.asarray(eps))
+  np.testing.assert_allclose(_fosc_jit(x, x0, g, eps), expected, rtol=1e-5)
+  # Under vmap over an extra leading axis: two different batches.
+  x2, g2 = x0 - (x - x0), -2.0 * g
   stacked = jax.vmap(fosc, in_axes=(0, 0, 0, None))(
-      jnp.stack([x, x]), jnp.stack([x0, x0]), jnp.stack([g, g]), 0.1)
-  np.testing.assert_allclose(stacked[0], stacked[1])
+      jnp.stack([x, x2]), jnp.stack([x0, x0]), jnp.stack([g, g2]), 0.1)
+  np.testing.assert_allclose(stacked[0], _closed_form(x, x0, g, 0.1),
+                             rtol=1e-5)
+  np.testing.assert_allclose(stacked[1], _closed_form(x2, x0, g2, 0.1),
+                             rtol=1e-5)
   # Under grad: d FOSC / d x = -g.
   dx = jax.grad(lambda x_: fosc(x_, x0, g, 0.1).sum())(x)
   np.testing.assert_allclose(dx, -g, rtol=1e-6)

@@ -8,6 +8,9 @@ import optax
 import pytest
 
 from dynamic_at import _attacks
+from dynamic_at import _losses
+from dynamic_at import fosc
+from dynamic_at import models
 from dynamic_at import parallel
 from dynamic_at import train
 from tests import dp_worker
@@ -177,3 +180,229 @@ def test_unclipped_random_start_changes_only_starts_outside_the_box():
   s1, m1 = jax.jit(unclipped)(_state(), inner, jax.random.key(1), ap)
   np.testing.assert_array_equal(m0['fosc'], m1['fosc'])
   chex.assert_trees_all_equal(s0.params, s1.params)
+
+
+# ------------------------------------------- steps computed by hand (#17) ----
+#
+# The MNIST CNN of the paper (conv + BatchNorm + ReLU + max-pool, twice, then
+# two dense layers) on 8x8 inputs: the real model with BatchNorm, small.
+
+_LR = 0.1
+_EPS = 0.3
+
+
+def _cnn_state():
+  tx = train.make_optimizer(learning_rate=_LR, momentum=0.9, weight_decay=0.0,
+                            steps_per_epoch=100)
+  return train.create_train_state(models.MnistCNN(), jax.random.key(0),
+                                  dp_worker.SHAPE, tx)
+
+
+def _inference(state):
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  return lambda x: state.apply_fn(variables, x, train=False)
+
+
+def _hand_start(state, x0, key, eps=_EPS):
+  """The random start of the step at ``state.step``: the base key folded with
+  the step, a uniform point of the eps-ball, clipped to [0, 1]."""
+  return _attacks.random_start_point(jax.random.fold_in(key, state.step), x0,
+                                     eps)
+
+
+@jax.jit
+def _hand_attack(state, x0, y, key, ap):
+  """dynamic_at's PGD on the inference-mode model from the hand-drawn start
+  (jitted: only to compile once instead of running op by op)."""
+  return _attacks.pgd(_inference(state), x0, y, eps=ap.eps,
+                      step_size=ap.step_size, num_steps=ap.num_steps,
+                      c_stop=ap.c_stop, random_start=False,
+                      x_start=_hand_start(state, x0, key, ap.eps))
+
+
+@jax.jit
+def _hand_sgd_step(state, x, y):
+  """One optax SGD-with-momentum step (first step: momentum buffer 0) on the
+  batch ``x`` in training mode; returns ``(params, batch_stats, logits)``."""
+
+  def loss(params):
+    logits, new = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+        mutable=['batch_stats'])
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
+            (logits, new['batch_stats']))
+
+  grads, (logits, batch_stats) = jax.grad(loss, has_aux=True)(state.params)
+  sgd = optax.sgd(_LR, momentum=0.9)
+  updates, _ = sgd.update(grads, sgd.init(state.params), state.params)
+  return optax.apply_updates(state.params, updates), batch_stats, logits
+
+
+def _max_abs_diff(a, b):
+  return max(float(jnp.max(jnp.abs(u - v)))
+             for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_step_trains_on_the_adversarial_batch_and_updates_batch_stats():
+  """One Standard step of the BatchNorm CNN equals, by hand: dynamic_at's PGD
+  from the start drawn with ``fold_in(key, step)``, then an SGD step on the
+  adversarial batch in training mode, whose BatchNorm statistics become the
+  state's. A step on the clean batch gives clearly different parameters."""
+  state = _cnn_state()
+  batch = dp_worker.fixed_batch()
+  x0, y = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
+  key = jax.random.key(3)
+  ap = train.AttackParams.make(_EPS, _EPS / 4, 5)
+  new, metrics = jax.jit(train.make_train_step('standard'))(state, batch, key,
+                                                            ap)
+  x_adv, info = _hand_attack(state, x0, y, key, ap)
+  np.testing.assert_array_equal(metrics['steps'], np.full(16, 5))
+  np.testing.assert_allclose(metrics['fosc'], info.fosc, rtol=1e-4, atol=1e-5)
+  assert float(jnp.max(jnp.abs(x_adv - x0))) > _EPS / 2  # a real attack
+  params_adv, stats_adv, _ = _hand_sgd_step(state, x_adv, y)
+  params_clean, stats_clean, _ = _hand_sgd_step(state, x0, y)
+  tol = dict(rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(new.params, params_adv, **tol)
+  assert _max_abs_diff(params_adv, params_clean) > 1e-3
+  # BatchNorm statistics moved, to those of the adversarial batch.
+  assert _max_abs_diff(new.batch_stats, state.batch_stats) > 1e-3
+  chex.assert_trees_all_close(new.batch_stats, stats_adv, **tol)
+  assert _max_abs_diff(stats_adv, stats_clean) > 1e-3
+  assert int(new.step) == 1
+
+
+def test_consecutive_steps_draw_different_random_starts():
+  """With zero PGD steps the reported FOSC is that of the random start. Two
+  consecutive steps with the same base key report the FOSC of starts drawn
+  with ``fold_in(key, 0)`` and ``fold_in(key, 1)``: the key depends on the
+  step. The same two parameter sets at the starts of the other step's key
+  give different values, so a step-independent key would show."""
+  state0 = _cnn_state()
+  batch = dp_worker.fixed_batch()
+  x0, y = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
+  key = jax.random.key(5)
+  ap = train.AttackParams.make(_EPS, _EPS / 4, 0)
+  step = jax.jit(train.make_train_step('standard'))
+  state1, m0 = step(state0, batch, key, ap)
+  _, m1 = step(state1, batch, key, ap)
+  np.testing.assert_array_equal(m0['steps'], 0)
+
+  def start_fosc(state, start):
+    _, g = _attacks.input_grad(_inference(state), start, y)
+    return fosc(start, x0, g, _EPS)
+
+  starts = [_hand_start(s, x0, key) for s in (state0, state1)]
+  assert float(jnp.min(jnp.max(jnp.abs(starts[0] - starts[1]),
+                               axis=(1, 2, 3)))) > 0.01
+  for m, state, start, other in ((m0, state0, starts[0], starts[1]),
+                                 (m1, state1, starts[1], starts[0])):
+    np.testing.assert_allclose(m['fosc'], start_fosc(state, start), rtol=1e-5,
+                               atol=1e-6)
+    assert not np.allclose(m['fosc'], start_fosc(state, other), rtol=1e-3)
+    # ... and the step did not use the unfolded base key either.
+    assert not np.allclose(m['fosc'], start_fosc(
+        state, _attacks.random_start_point(key, x0, _EPS)), rtol=1e-3)
+
+
+def _reference_fosc_pgd(logits_fn, x0, y, start, eps, alpha, num_steps,
+                        c_stop):
+  """Algorithm 1 step by step in numpy: every active example takes a
+  sign-gradient step, is projected onto its eps-ball and [0, 1], and is
+  frozen once the FOSC ``eps * ||g||_1 - <x - x0, g>`` of its new point is
+  ``<= c_stop``. Returns ``(steps, fosc, checks)``: per example its steps
+  and final FOSC, and every FOSC value the rule compared with ``c_stop``."""
+  grad_fn = jax.jit(jax.grad(lambda x: _losses.xent(logits_fn(x), y).sum()))
+  x0 = np.asarray(x0, np.float64)
+  x = np.asarray(start, np.float64)
+  batch = x.shape[0]
+  active = np.ones(batch, bool)
+  steps = np.zeros(batch, np.int32)
+  fosc_now = np.full(batch, np.nan)
+  checks = []
+  for _ in range(num_steps):
+    if not active.any():
+      break
+    g = np.asarray(grad_fn(jnp.float32(x)), np.float64)
+    for i in np.flatnonzero(active):
+      xi = np.clip(x[i] + alpha * np.sign(g[i]), x0[i] - eps, x0[i] + eps)
+      x[i] = np.clip(xi, 0.0, 1.0)
+      steps[i] += 1
+    g = np.asarray(grad_fn(jnp.float32(x)), np.float64)
+    for i in np.flatnonzero(active):
+      f = np.sum(eps * np.abs(g[i]) - (x[i] - x0[i]) * g[i])
+      fosc_now[i] = f
+      checks.append(f)
+      if f <= c_stop:
+        active[i] = False
+  return steps, fosc_now, np.asarray(checks)
+
+
+def test_dynamic_fosc_stop_rule_on_a_batchnorm_cnn():
+  """Dynamic's per-example steps and FOSC equal a step-by-step reference of
+  the stop rule on the BatchNorm CNN in inference mode (running statistics,
+  made non-trivial by a first training step), from the step's random
+  start."""
+  batch = dp_worker.fixed_batch()
+  x0, y = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
+  state = _cnn_state()
+  state, _ = jax.jit(train.make_train_step('standard'))(
+      state, batch, jax.random.key(9), train.AttackParams.make(_EPS, 0.1, 2))
+  assert _max_abs_diff(state.batch_stats, _cnn_state().batch_stats) > 1e-3
+  key = jax.random.key(4)
+  start = _hand_start(state, x0, key)
+  eps, alpha, k = _EPS, _EPS / 4, 8
+  # An example's checks under a threshold are a prefix of its checks in plain
+  # PGD (examples are independent): put c_t in the widest gap between the
+  # middle half of plain PGD's FOSC values, so no decision is a near-tie.
+  _, _, plain = _reference_fosc_pgd(_inference(state), x0, y, start, eps,
+                                    alpha, k, -np.inf)
+  values = np.sort(plain)
+  mid = values[len(values) // 4:3 * len(values) // 4]
+  i = int(np.argmax(np.diff(mid)))
+  c_stop = float((mid[i] + mid[i + 1]) / 2)
+  steps, ref_fosc, checks = _reference_fosc_pgd(_inference(state), x0, y,
+                                                start, eps, alpha, k, c_stop)
+  assert np.min(np.abs(checks - c_stop)) > 1e-4 * np.max(np.abs(plain))
+  assert len(set(steps.tolist())) >= 3  # the rule acts at several steps
+  _, m = jax.jit(train.make_train_step('dynamic'))(
+      state, batch, key, train.AttackParams.make(eps, alpha, k, c_stop))
+  np.testing.assert_array_equal(m['steps'], steps)
+  np.testing.assert_allclose(m['fosc'], ref_fosc, rtol=1e-4, atol=1e-5)
+  stopped = steps < k
+  assert bool(np.all(np.asarray(m['fosc'])[stopped] <= c_stop))
+  assert int(m['iters_max']) == steps.max()
+
+
+def test_curriculum_threshold_is_strict():
+  """k grows only when the accuracy is strictly above the threshold."""
+  assert train.curriculum_num_steps(2, 0.5, threshold=0.5, max_steps=5) == 2
+  above = float(np.nextafter(0.5, 1.0))
+  assert train.curriculum_num_steps(2, above, threshold=0.5, max_steps=5) == 3
+  assert train.curriculum_num_steps(2, 0.0, threshold=0.0, max_steps=5) == 2
+
+
+def test_curriculum_k_follows_the_adversarial_training_accuracy():
+  """The step's ``accuracy`` (what the run averages into ``train_accuracy``
+  and passes to :func:`train.curriculum_num_steps`) is that of the
+  training-mode logits on the adversarial batch. Labels are the model's own
+  clean predictions, so the clean accuracy is 1 and would grow k; the
+  adversarial accuracy is below the threshold and keeps it."""
+  state = _cnn_state()
+  batch = dp_worker.fixed_batch()
+  x0 = jnp.asarray(batch['image'])
+  _, _, clean_logits = _hand_sgd_step(state, x0, jnp.zeros(16, jnp.int32))
+  y = jnp.argmax(clean_logits, -1).astype(jnp.int32)
+  batch = dict(batch, label=np.asarray(y))
+  key = jax.random.key(2)
+  ap = train.AttackParams.make(_EPS, _EPS / 4, 3)
+  _, m = jax.jit(train.make_train_step('curriculum'))(state, batch, key, ap)
+  x_adv, _ = _hand_attack(state, x0, y, key, ap)
+  _, _, adv_logits = _hand_sgd_step(state, x_adv, y)
+  adv_acc = float(jnp.mean(jnp.argmax(adv_logits, -1) == y))
+  assert float(m['accuracy']) == adv_acc
+  assert adv_acc < 0.9
+  threshold = 0.9
+  assert train.curriculum_num_steps(3, 1.0, threshold=threshold,
+                                    max_steps=5) == 4  # clean would grow k
+  assert train.curriculum_num_steps(3, float(m['accuracy']),
+                                    threshold=threshold, max_steps=5) == 3
