@@ -41,7 +41,36 @@ def _write(tmp_path, grid, name='grid.json'):
   return str(path)
 
 
-@pytest.mark.parametrize('path', sorted(GRIDS.glob('*.json')),
+def test_every_committed_grid_is_tested():
+  assert sorted(p.name for p in GRIDS.glob('*.json')) == [
+      'cifar10_subset_cpu.json', 'mnist_dynamic_study.json',
+      'mnist_dynamic_study_cpu.json']
+
+
+def test_cifar10_subset_grid_is_the_paper_schedule_shortened(monkeypatch):
+  """The four methods with the paper's CIFAR-10 settings; 120 epochs, lr
+  drops at 60 and 100 and T' 100 all divided by the same factor 5."""
+  monkeypatch.chdir(REPO)
+  grid = sweep.load_grid('experiments/grids/cifar10_subset_cpu.json')
+  assert grid.dataset == 'cifar10' and grid.seeds == (0,)
+  configs = {v.name: sweep.check_run(grid, sweep.RunSpec(v, 0))
+             for v in grid.variants}
+  assert {n: c.method for n, c in configs.items()} == {
+      'unsecured': 'unsecured', 'standard': 'standard', 'dynamic': 'dynamic',
+      'curriculum': 'curriculum'}
+  for c in configs.values():
+    assert c.model == 'cifar10_cnn' and c.eps == pytest.approx(8 / 255)
+    assert c.step_size == pytest.approx(2 / 255) and c.num_steps == 10
+    assert (c.learning_rate, c.momentum, c.weight_decay, c.batch_size) == (
+        0.01, 0.9, 1e-4, 128)
+    assert c.augment == 'crop_flip' and c.c_max == 0.5
+    assert c.num_epochs * 5 == 120
+    assert [e * 5 for e in c.lr_drop_epochs] == [60, 100]
+    assert c.t_prime * 5 == 100
+    assert c.eval_every_examples == 1000 and c.num_eval_examples == 0
+
+
+@pytest.mark.parametrize('path', sorted(GRIDS.glob('mnist_*.json')),
                          ids=lambda p: p.stem)
 def test_committed_grids_load(path, monkeypatch):
   monkeypatch.chdir(REPO)
