@@ -33,13 +33,15 @@ A run lives in ``--workdir``:
   example of each epoch (float32).
 * ``fosc_histograms.png``, ``training_curves.png``, ``results.json`` and
   ``results.md`` at the end.
+* ``.lock``: who holds the workdir (empty when nobody does).
 
 Metrics are fetched from the devices once per ``--log_every_steps`` (and
 before every checkpoint); a NaN or infinite loss, or non-finite parameters
 before a save, stop the run with
 :class:`experiments.training.TrainingDivergedError`, leaving the last good
-checkpoint as the newest. Ctrl-C waits for pending saves; rerunning the same
-command resumes.
+checkpoint as the newest. SIGTERM and Ctrl-C checkpoint the current step and
+stop (:mod:`experiments.preemption`); ``WORKDIR/.lock`` keeps a second process
+out (:mod:`experiments.workdir_lock`); rerunning the same command resumes.
 
 Epochs are counted from 0, as ``t`` in the paper's Algorithm 1. Training
 accuracies are fractions in ``[0, 1]``; test accuracies are percentages.
@@ -54,7 +56,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from dynamic_at import checkpoint
 from dynamic_at import data
+from dynamic_at import files
+from experiments import preemption
+from experiments import workdir_lock
 from experiments.config import Config
 from experiments.config import ConfigError
 from experiments.config import FLAGS_FILE
@@ -70,6 +76,7 @@ from experiments.inputs import load_data
 from experiments.outputs import _atomic_write_text
 from experiments.outputs import _devices_description
 from experiments.outputs import _is_main_process
+from experiments.outputs import _loud
 from experiments.outputs import _print
 from experiments.outputs import read_metrics
 from experiments.reporting import evaluate_and_report
@@ -79,19 +86,27 @@ from experiments.training import TrainingDivergedError
 from experiments.training import _chance_warning
 from experiments.training import train_loop
 
+# The errors the mains report as one line (they name the flag or file).
+CLEAR_ERRORS = (ConfigError, data.DataError, TrainingDivergedError,
+                workdir_lock.WorkdirLockedError, checkpoint.CheckpointError,
+                files.WriteError)
+
 # --------------------------------------------------------------------------
 # Entry points
 # --------------------------------------------------------------------------
 
 
-def prepare(config: Config) -> Tuple[data.Dataset, data.Dataset]:
+def prepare(config: Config, lock: Optional[workdir_lock.WorkdirLock] = None
+            ) -> Tuple[data.Dataset, data.Dataset]:
   """Every check before training, then ``flags.json``.
 
   Order: flags, devices, the black-box source, the workdir's saved flags,
-  the data, the workdir's writability; nothing is written before all pass.
+  the data, the workdir's writability, then ``lock`` (if given) is taken;
+  nothing is written before all pass.
 
   Raises:
     ConfigError, data.DataError: naming the flag or file.
+    workdir_lock.WorkdirLockedError: naming the process holding the workdir.
   """
   validate_config(config)
   validate_devices(config)
@@ -99,6 +114,8 @@ def prepare(config: Config) -> Tuple[data.Dataset, data.Dataset]:
   check_workdir_compatible(config)
   train_ds, test_ds = load_data(config)
   check_workdir_writable(config.workdir)
+  if lock is not None:
+    take_lock(lock)
   if _is_main_process():
     _atomic_write_text(os.path.join(config.workdir, FLAGS_FILE),
                        json.dumps(config.to_dict(), indent=2, sort_keys=True)
@@ -114,21 +131,34 @@ def run(config: Config) -> Optional[Dict[str, Any]]:
     (``--stop_after_steps``).
   """
   initialize_multihost(config)
-  train_ds, test_ds = prepare(config)
-  _print(f'Devices: {_devices_description()}; workdir {config.workdir}')
-  result = train_loop(config, train_ds=train_ds, test_ds=test_ds)
-  if not result.finished:
-    return None
-  rows = read_metrics(config.workdir)
-  if rows:
-    _chance_warning(config, rows[-1], 'at the end of training')
-  make_figures(config)
-  meta = {'train_time_s': result.train_time_s,
-          'train_data_source': train_ds.source,
-          'num_train_examples': train_ds.num_examples, 'step': result.step}
-  source = restore_source(config, train_ds.image_shape, result.run.mesh)
-  return evaluate_and_report(config, result.state, test_ds, result.run.mesh,
-                             meta=meta, source=source)
+  lock = workdir_lock.WorkdirLock(config.workdir, primary=_is_main_process())
+  try:
+    train_ds, test_ds = prepare(config, lock)
+    _print(f'Devices: {_devices_description()}; workdir {config.workdir}')
+    result = train_loop(config, train_ds=train_ds, test_ds=test_ds)
+    if not result.finished:
+      return None
+    rows = read_metrics(config.workdir)
+    if rows:
+      _chance_warning(config, rows[-1], 'at the end of training')
+    make_figures(config)
+    meta = {'train_time_s': result.train_time_s,
+            'train_data_source': train_ds.source,
+            'num_train_examples': train_ds.num_examples, 'step': result.step}
+    source = restore_source(config, train_ds.image_shape, result.run.mesh)
+    return evaluate_and_report(config, result.state, test_ds,
+                               result.run.mesh, meta=meta, source=source)
+  finally:
+    lock.release()
+
+
+def take_lock(lock: workdir_lock.WorkdirLock) -> None:
+  """Acquires ``lock``, warning loudly if it took over a stale one."""
+  lock.acquire()
+  if lock.stale is not None:
+    _loud(f'WARNING: {lock.path} was left by {lock.stale.describe()}, which '
+          'is no longer running (killed?); taking it over. That run\'s '
+          'newest checkpoint is where this one resumes.')
 
 
 def main_with_args(argv: Sequence[str], dataset: str) -> Any:
@@ -170,8 +200,11 @@ def app_main(dataset: str) -> None:
     quiet_logging()
     try:
       run(config_from_flags(dataset))
-    except (ConfigError, data.DataError, TrainingDivergedError) as e:
+    except CLEAR_ERRORS as e:
       fail(e)
+    except preemption.TrainingInterrupted as e:
+      print(str(e), file=sys.stderr, flush=True)
+      sys.exit(e.exit_code)
     except KeyboardInterrupt:
       sys.exit(130)
 

@@ -25,11 +25,13 @@ with the flags saved in it, writing ``results.json`` into ``--workdir``::
       --workdir=runs/eval_standard --data_dir=../shared/data/mnist
 """
 
+import contextlib
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 from absl import app
 from absl import flags
+import jax
 
 from dynamic_at import data
 from dynamic_at import parallel
@@ -37,6 +39,7 @@ from experiments import common
 from experiments import config as config_lib
 from experiments import inputs
 from experiments import reporting
+from experiments import workdir_lock
 
 # The flags evaluate takes from the command line when given.
 _WEIGHTS = flags.DEFINE_string(
@@ -74,11 +77,24 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> Dict[str, Any]:
   config_lib.validate_devices(config, training=False)
   config_lib.check_source_workdir(config)
   test_ds = inputs.load_test_data(config)
-  mesh = parallel.make_mesh()
-  _, state, meta = reporting.restore_model(workdir, test_ds.image_shape, mesh)
-  source = reporting.restore_source(config, test_ds.image_shape, mesh)
-  return reporting.evaluate_and_report(config, state, test_ds, mesh,
-                                       meta=meta, source=source)
+  with _locked(workdir):
+    mesh = parallel.make_mesh()
+    _, state, meta = reporting.restore_model(workdir, test_ds.image_shape,
+                                             mesh)
+    source = reporting.restore_source(config, test_ds.image_shape, mesh)
+    return reporting.evaluate_and_report(config, state, test_ds, mesh,
+                                         meta=meta, source=source)
+
+
+@contextlib.contextmanager
+def _locked(workdir: str) -> Iterator[None]:
+  """Holds ``workdir``'s lock (process 0) while results are written."""
+  lock = workdir_lock.WorkdirLock(workdir, primary=jax.process_index() == 0)
+  try:
+    common.take_lock(lock)
+    yield
+  finally:
+    lock.release()
 
 
 def evaluate_weights(path: str, workdir: str,
@@ -88,8 +104,6 @@ def evaluate_weights(path: str, workdir: str,
   Raises:
     config_lib.ConfigError, data.DataError: naming the flag or file.
   """
-  import optax  # pylint: disable=g-import-not-at-top
-  from dynamic_at import train  # pylint: disable=g-import-not-at-top
   from dynamic_at import weights  # pylint: disable=g-import-not-at-top
   unknown = set(overrides) - set(OVERRIDABLE)
   if unknown:
@@ -107,6 +121,14 @@ def evaluate_weights(path: str, workdir: str,
   config_lib.check_source_workdir(config)
   config_lib.check_workdir_writable(workdir)
   test_ds = inputs.load_test_data(config)
+  with _locked(workdir):
+    return _evaluate_variables(config, model, variables, info, path, test_ds)
+
+
+def _evaluate_variables(config, model, variables, info, path, test_ds):
+  """The evaluation and report of a loaded weights file."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from dynamic_at import train  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
   state = train.TrainState.create(apply_fn=model.apply,
                                   params=variables['params'],
@@ -142,7 +164,7 @@ def main(argv) -> None:
     else:
       evaluate_workdir(os.path.abspath(flags.FLAGS.workdir),
                        **_overrides_from_flags())
-  except (config_lib.ConfigError, data.DataError) as e:
+  except common.CLEAR_ERRORS as e:
     common.fail(e)
 
 

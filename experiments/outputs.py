@@ -63,8 +63,11 @@ def _truncate_metrics(workdir: str, first_epoch: int) -> None:
 
 
 def _append_metrics(workdir: str, row: Mapping[str, Any]) -> None:
-  with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
-    f.write(json.dumps(row) + '\n')
+  """Adds ``row`` to ``metrics.jsonl`` by rewriting it atomically (a failed
+  write leaves the previous rows intact, never a half line)."""
+  rows = read_metrics(workdir) + [dict(row)]
+  _atomic_write_text(os.path.join(workdir, METRICS_FILE),
+                     ''.join(json.dumps(r) + '\n' for r in rows))
 
 
 def _devices_description() -> str:

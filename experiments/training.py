@@ -27,6 +27,7 @@ from dynamic_at import evaluation
 from dynamic_at import models
 from dynamic_at import parallel
 from dynamic_at import train
+from experiments import preemption
 from experiments.config import CHECKPOINT_DIR
 from experiments.config import Config
 from experiments.config import ConfigError
@@ -200,6 +201,8 @@ class Run:
   traces: List[int]
   ckpt: checkpoint.Checkpointer
   writer: Any  # tensorboardX.SummaryWriter on process 0, else None
+  stop: preemption.StopRequest = dataclasses.field(
+      default_factory=preemption.StopRequest)
 
   @property
   def total_steps(self) -> int:
@@ -237,6 +240,10 @@ def restore_or_init(run: Run, template: train.TrainState
           f'{name}={meta.get(name)} but this run has {expected} (did the '
           'training data change? --data_dir points at '
           f'{run.config.data_dir!r}).')
+  for step, moved_to, error in run.ckpt.moved_aside:
+    _loud(f'WARNING: checkpoint step {step} in {run.ckpt.directory} could not '
+          f'be read ({error}); it was moved aside to {moved_to} (not deleted) '
+          f'and the run resumes from the older step {meta.get("step")}.')
   progress = Progress.from_meta(meta, arrays['fosc'])
   _print(f'Resuming from step {progress.step} (epoch '
          f'{progress.step // run.steps_per_epoch}, batch '
@@ -250,14 +257,22 @@ def _all_finite(tree: Any) -> jax.Array:
                             for x in jax.tree.leaves(tree)]))
 
 
+def _last_good(run: Run) -> str:
+  """Where a rerun after a divergence would resume from."""
+  run.ckpt.wait_until_finished()
+  last = run.ckpt.latest_step()
+  if last is None:
+    return ('No checkpoint was written yet: a rerun starts from scratch (in '
+            f'{run.ckpt.directory}).')
+  return f'The last good checkpoint is step {last} in {run.ckpt.directory}.'
+
+
 def _save(run: Run, state: train.TrainState, progress: Progress) -> None:
   """Checkpoints ``state`` unless its parameters are no longer finite."""
   if not bool(_to_host(_all_finite((state.params, state.batch_stats)))):
-    run.ckpt.wait_until_finished()
     raise TrainingDivergedError(
         f'the parameters are NaN or infinite after step {progress.step}; '
-        f'stopping without saving them. The last good checkpoint is step '
-        f'{run.ckpt.latest_step()} in {run.ckpt.directory}. Try a lower '
+        f'stopping without saving them. {_last_good(run)} Try a lower '
         '--learning_rate or --eps_warmup_epochs.')
   meta = dict(progress.meta(), steps_per_epoch=run.steps_per_epoch,
               batch_size=run.config.batch_size,
@@ -278,15 +293,12 @@ def _flush(run: Run, pending: List[Tuple[int, Dict[str, Any]]],
   for (index, _), m in zip(pending, fetched):
     loss = float(m['loss'])
     if not math.isfinite(loss):
-      run.ckpt.wait_until_finished()
-      last = run.ckpt.latest_step()
       epoch = (progress.step - 1) // run.steps_per_epoch
       raise TrainingDivergedError(
           f'the training loss is {loss} at step '
           f'{epoch * run.steps_per_epoch + index + 1} (epoch {epoch}, batch '
-          f'{index}); stopping. The '
-          f'last good checkpoint is step {last} in {run.ckpt.directory} (the '
-          'diverged state was not saved). Try a lower --learning_rate or '
+          f'{index}); stopping without saving the diverged state. '
+          f'{_last_good(run)} Try a lower --learning_rate or '
           '--eps_warmup_epochs.')
     progress.loss_sum += loss
     progress.accuracy_sum += float(m['accuracy'])
@@ -468,7 +480,9 @@ def train_epoch(run: Run, state: train.TrainState, progress: Progress,
       progress.step += 1
       bar.update(1)
       end = index == run.steps_per_epoch - 1
-      save = end or progress.step == stop_at or (
+      # Every process asks at every step (the preemption sync point needs it).
+      interrupted = run.stop.should_stop(progress.step)
+      save = end or progress.step == stop_at or interrupted or (
           config.checkpoint_every_steps and
           progress.step % config.checkpoint_every_steps == 0)
       if save or progress.step % config.log_every_steps == 0:
@@ -482,8 +496,10 @@ def train_epoch(run: Run, state: train.TrainState, progress: Progress,
         _end_epoch(run, state, progress, epoch, attack_params)
       if save:
         _save(run, state, progress)
-      if progress.step == stop_at and not end:
+      if (progress.step == stop_at or interrupted) and not end:
         return state, False
+      if interrupted:
+        break
   finally:
     bar.close()
   return state, True
@@ -521,7 +537,8 @@ def setup(config: Config, *, train_ds: data.Dataset,
             ckpt=checkpoint.Checkpointer(
                 os.path.join(config.workdir, CHECKPOINT_DIR),
                 max_to_keep=config.keep_checkpoints),
-            writer=writer)
+            writer=writer,
+            stop=preemption.StopRequest(distributed=config.multihost))
   return run, state
 
 
@@ -534,13 +551,25 @@ def train_loop(config: Config, *, train_ds: data.Dataset,
   """
   run, state = setup(config, train_ds=train_ds, test_ds=test_ds)
   try:
-    state, progress = restore_or_init(run, state)
-    if _is_main_process():
-      _truncate_metrics(config.workdir, progress.step // run.steps_per_epoch)
-    stop_at = min(config.stop_after_steps or run.total_steps,
-                  run.total_steps)
-    while progress.step < stop_at:
-      state, _ = train_epoch(run, state, progress, stop_at)
+    with run.stop:
+      state, progress = restore_or_init(run, state)
+      if _is_main_process():
+        _truncate_metrics(config.workdir,
+                          progress.step // run.steps_per_epoch)
+      stop_at = min(config.stop_after_steps or run.total_steps,
+                    run.total_steps)
+      while progress.step < stop_at and not run.stop.stopped:
+        state, _ = train_epoch(run, state, progress, stop_at)
+    if run.stop.stopped:
+      run.ckpt.wait_until_finished()
+      raise preemption.TrainingInterrupted(
+          f'{run.stop.signal_name}: stopped after step {progress.step} of '
+          f'{run.total_steps} (epoch {progress.step // run.steps_per_epoch}, '
+          f'batch {progress.step % run.steps_per_epoch}) and saved it as '
+          f'checkpoint step {run.ckpt.latest_step()} in {run.ckpt.directory}; '
+          'metrics.jsonl holds the finished epochs, the checkpoint the '
+          'unfinished one. Rerun the same command to resume from it.',
+          run.stop.signal_name, run.stop.exit_code)
     finished = progress.step >= run.total_steps
     if not finished:
       _print(f'Stopped at step {progress.step} of {run.total_steps} '
