@@ -1,8 +1,12 @@
 """Flags, the run configuration and its validation for the experiment mains.
 
-Every flag of ``experiments/`` is defined here, once: the training mains
-(:mod:`experiments.mnist`, :mod:`experiments.cifar10`) and
-:mod:`experiments.evaluate` share them. :func:`config_from_flags` reads the
+Every flag of ``experiments/`` is declared here, once, as a field of
+:class:`Config` (:func:`setting`: default, help, choices, per-dataset
+defaults, its own check); the absl flags, :func:`config_from_flags`, the
+dataset defaults and the per-field checks are generated from those
+declarations. The training mains (:mod:`experiments.mnist`,
+:mod:`experiments.cifar10`) and :mod:`experiments.evaluate` share the flags.
+:func:`config_from_flags` reads the
 parsed flags into a frozen :class:`Config` before any library call; the
 ``validate_*`` and ``check_*`` functions raise :class:`ConfigError` naming the
 offending flag before anything is written. Also the dataset defaults
@@ -11,10 +15,13 @@ offending flag before anything is written. Also the dataset defaults
 """
 
 import dataclasses
+import functools
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import typing
+from typing import (Any, Callable, Dict, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 from absl import flags
 import jax
@@ -32,32 +39,6 @@ IMAGE_SHAPES = {'mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
 # Models each dataset accepts.
 DATASET_MODELS = {'mnist': ('mnist_cnn',), 'cifar10': ('cifar10_cnn', 'wrn')}
 
-# Flag defaults that depend on the dataset (the paper's settings); each main
-# applies its dataset's before parsing. The flagfiles in experiments/configs/
-# spell every setting out anyway.
-DATASET_DEFAULTS = {
-    'mnist': dict(model='mnist_cnn', eps=0.3, num_epochs=50,
-                  lr_drop_epochs=['20', '40'], weight_decay=1e-4, t_prime=40.0,
-                  curriculum_max_steps=40, augment='none'),
-    'cifar10': dict(model='cifar10_cnn', eps=8 / 255, num_epochs=120,
-                    lr_drop_epochs=['60', '100'], weight_decay=1e-4,
-                    t_prime=100.0, curriculum_max_steps=7, augment='crop_flip'),
-}
-
-# Flags a resumed run may change: where things are, how long to train, how
-# often to log, checkpoint and evaluate. Everything else defines the
-# trajectory (model, data subset, method, attack, optimiser, seed) and must
-# match the workdir's flags.json. num_epochs may change because neither the
-# learning-rate schedule (--lr_drop_epochs) nor c_t (--t_prime) depends on it,
-# so a longer run extends a shorter one exactly.
-MAY_DIFFER_ON_RESUME = (
-    'workdir', 'data_dir', 'num_epochs', 'num_eval_examples',
-    'eval_batch_size', 'eval_every', 'eval_every_examples', 'attacks',
-    'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-    'stop_after_steps', 'source_workdir', 'multihost', 'coordinator_address',
-    'num_processes', 'process_id',
-)
-
 FLAGS_FILE = 'flags.json'
 METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
@@ -66,131 +47,97 @@ FOSC_DIR = 'fosc'
 TB_DIR = 'tb'
 
 # --------------------------------------------------------------------------
-# Flags (defined once; both training mains and evaluate share them).
+# Settings: one declaration each
 # --------------------------------------------------------------------------
+#
+# Every setting of a run is one field of :class:`Config`, declared with
+# :func:`setting`: its default, its flag's help text, its choices, its
+# per-dataset defaults and its own check. The absl flags (:func:`define_flags`),
+# :func:`config_from_flags`, :data:`DATASET_DEFAULTS` / :func:`set_dataset_defaults`,
+# :data:`MAY_DIFFER_ON_RESUME` and the per-field part of
+# :func:`validate_config` are all generated from these declarations, so a new
+# setting is one new field. The flag's kind follows the field's type: str
+# (with choices: an enum), int, float, bool, Optional[...] of those (default
+# None), or Tuple[int, ...] (a comma-separated list). Checks that involve
+# several fields are written out in :func:`validate_config`.
 
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Run folder (checkpoints, metrics, figures, results). '
-    'Required. Re-running with the same workdir resumes the run.')
-_DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, 'Folder with the raw dataset files (MNIST IDX .gz files, '
-    'or cifar-10-binary.tar.gz / data_batch_*.bin). Unset: a prepared TFDS '
-    'dataset (never downloaded).')
-_METHOD = flags.DEFINE_enum(
-    'method', 'dynamic', train.METHODS,
-    'Training method: unsecured (clean), standard (Madry PGD-K), curriculum '
-    '(Cai et al., PGD-k with growing k), dynamic (FOSC-controlled PGD-K).')
-_MODEL = flags.DEFINE_enum('model', 'mnist_cnn', models.MODEL_NAMES,
-                           'Model (dataset default: mnist_cnn / cifar10_cnn).')
-_WRN_DEPTH = flags.DEFINE_integer('wrn_depth', 34, 'WideResNet depth.')
-_WRN_WIDTH = flags.DEFINE_integer('wrn_width', 10, 'WideResNet width k.')
-_NUM_EPOCHS = flags.DEFINE_integer('num_epochs', 50, 'Training epochs T.')
-_BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', 128, 'Global batch size; must divide over the devices.')
-_SEED = flags.DEFINE_integer(
-    'seed', 0, 'Seed of the initialisation, data order, augmentation and '
-    'attack random starts.')
-_EPS = flags.DEFINE_float('eps', 0.3, 'L-inf radius epsilon, in (0, 1] '
-                          '(pixels in [0, 1]; MNIST 0.3, CIFAR-10 8/255).')
-_STEP_SIZE = flags.DEFINE_float('step_size', None,
-                                'PGD step size alpha (default eps / 4).')
-_NUM_STEPS = flags.DEFINE_integer(
-    'num_steps', 10, 'PGD steps K of standard and dynamic training.')
-_C_MAX = flags.DEFINE_float('c_max', 0.5, "Dynamic's initial FOSC threshold "
-                            'c_max.')
-_T_PRIME = flags.DEFINE_float(
-    't_prime', 40.0, "Dynamic's FOSC control epoch T': c_t = max(c_max - t * "
-    "c_max / T', 0) (CIFAR-10: 100 of 120 epochs; MNIST: 40 of 50).")
-_CURRICULUM_MAX_STEPS = flags.DEFINE_integer(
-    'curriculum_max_steps', 40, "Curriculum's largest k (MNIST 40, CIFAR 7).")
-_CURRICULUM_THRESHOLD = flags.DEFINE_float(
-    'curriculum_threshold', 0.5, 'Curriculum: k grows by one after an epoch '
-    'whose mean adversarial training accuracy (fraction) exceeds this.')
-_CURRICULUM_START_STEPS = flags.DEFINE_integer(
-    'curriculum_start_steps', 1, "Curriculum's k in epoch 0.")
-_LEARNING_RATE = flags.DEFINE_float('learning_rate', 0.01,
-                                    'Initial SGD learning rate.')
-_MOMENTUM = flags.DEFINE_float('momentum', 0.9, 'SGD momentum.')
-_WEIGHT_DECAY = flags.DEFINE_float(
-    'weight_decay', 0.0, 'L2 weight decay added to the gradient '
-    '(the paper: 1e-4 for MNIST and CIFAR-10).')
-_LR_DROP_EPOCHS = flags.DEFINE_list(
-    'lr_drop_epochs', ['20', '40'],
-    'Epochs at whose start the learning rate is divided by 10.')
-_KERAS_DECAY = flags.DEFINE_float(
-    'keras_decay', 0.0, "Authors'-code deviation (off by default): Keras "
-    'SGD(decay=...): the rate of iteration i is also divided by '
-    '(1 + keras_decay * i); the authors used 1e-4.')
-_LOSS_WEIGHTING = flags.DEFINE_bool(
-    'loss_weighting', False, "Authors'-code deviation (off by default): after "
-    'epoch 0, weight each adversarial example by its own cross-entropy.')
-_FOSC_CENTRE_RANDOM_START = flags.DEFINE_bool(
-    'fosc_centre_random_start', False, "Authors'-code deviation (off by "
-    'default): centre the FOSC on the random start of PGD instead of on the '
-    'clean example (the paper).')
-_UNCLIPPED_RANDOM_START = flags.DEFINE_bool(
-    'unclipped_random_start', False, "Authors'-code deviation (off by "
-    'default): start training PGD from x0 + U(-eps, eps) without clipping it '
-    'to [0, 1] (the first gradient is taken there; every step is clipped). '
-    'The paper clips the start.')
-_AUGMENT = flags.DEFINE_enum(
-    'augment', 'none', AUGMENTATIONS,
-    "Training augmentation: none (MNIST default), crop_flip (4-pixel pad + "
-    "random crop + horizontal flip; CIFAR-10 default), keras (authors'-code "
-    'deviation: Keras ImageDataGenerator with rotation 10 degrees, shifts 0.2, '
-    'horizontal flips, nearest fill; needs scipy).')
-_EPS_WARMUP_EPOCHS = flags.DEFINE_integer(
-    'eps_warmup_epochs', 0, 'Ramp eps (and the step size with it) linearly '
-    'over this many epochs: epoch t < W uses eps * (t + 1) / W. 0 = off. A '
-    'remedy when PGD training stays at the chance loss 2.30 (e.g. MNIST).')
-_NUM_TRAIN_EXAMPLES = flags.DEFINE_integer(
-    'num_train_examples', 0, 'Train on the first N training examples '
-    '(0 = all).')
-_NUM_EVAL_EXAMPLES = flags.DEFINE_integer(
-    'num_eval_examples', 0, 'Evaluate on the first N test examples (0 = all).')
-_EVAL_BATCH_SIZE = flags.DEFINE_integer('eval_batch_size', 500,
-                                        'Evaluation batch size.')
-_EVAL_EVERY = flags.DEFINE_integer(
-    'eval_every', 0, 'Every this many epochs (and after the last), measure '
-    'clean and PGD-20 test accuracy on --eval_every_examples test examples '
-    '(0 = off).')
-_EVAL_EVERY_EXAMPLES = flags.DEFINE_integer(
-    'eval_every_examples', 1000, 'Test examples of the per-epoch evaluation.')
-_ATTACKS = flags.DEFINE_enum('attacks', 'paper', tuple(ATTACK_SETS),
-                             'Attack set of the final evaluation: paper = '
-                             'clean, FGSM, PGD-10, PGD-20, CW-inf; strong = '
-                             'those plus APGD-CE and APGD-T (AutoAttack, 100 '
-                             'steps, 9 targets) and the per-example worst '
-                             'case over all of them.')
-_LOG_EVERY_STEPS = flags.DEFINE_integer(
-    'log_every_steps', 50, 'Fetch metrics from the devices (and check for '
-    'NaN) every this many steps.')
-_CHECKPOINT_EVERY_STEPS = flags.DEFINE_integer(
-    'checkpoint_every_steps', 0, 'Also checkpoint every this many steps '
-    '(0 = at epoch ends only).')
-_KEEP_CHECKPOINTS = flags.DEFINE_integer('keep_checkpoints', 3,
-                                         'Checkpoints to keep.')
-_STOP_AFTER_STEPS = flags.DEFINE_integer(
-    'stop_after_steps', 0, 'Stop (checkpointed, as if interrupted) once the '
-    'global step reaches this; rerun without it to resume. 0 = off.')
-_SOURCE_WORKDIR = flags.DEFINE_string(
-    'source_workdir', None, 'Workdir of a trained source model: also '
-    'evaluate black-box (transfer) attacks crafted on it.')
-_MULTIHOST = flags.DEFINE_bool(
-    'multihost', False, 'Call jax.distributed.initialize() first (one '
-    'process per host). On TPU pods, SLURM, Open MPI and Kubernetes JAX finds '
-    'the coordinator itself; elsewhere give --coordinator_address, '
-    '--num_processes and --process_id.')
-_COORDINATOR_ADDRESS = flags.DEFINE_string(
-    'coordinator_address', None, 'With --multihost: host:port of process 0.')
-_NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'With --multihost: the number of processes.')
-_PROCESS_ID = flags.DEFINE_integer(
-    'process_id', None, 'With --multihost: this process, 0..num_processes-1.')
+FLAG_METADATA_KEY = 'flag'
 
 
 class ConfigError(ValueError):
   """An invalid flag or workdir; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+  """A check of one setting's value. ``message`` follows ``{flag}``, which
+  becomes ``--<name>=<value>``."""
+  ok: Callable[[Any], bool]
+  message: str
+
+  def error(self, name: str, value: Any) -> Optional[str]:
+    """The error message if ``value`` fails the check, else None."""
+    if self.ok(value):
+      return None
+    return self.message.replace('{flag}', f'--{name}={value}')
+
+
+def at_least(low: int, note: str = '') -> Check:
+  return Check(lambda v: v >= low, f'{{flag}} must be >= {low}{note}.')
+
+
+POSITIVE = Check(lambda v: v > 0, '{flag} must be positive.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+  """The flag metadata of one :class:`Config` field (see :func:`setting`)."""
+  help: str
+  choices: Optional[Tuple[str, ...]] = None
+  per_dataset: Optional[Mapping[str, Any]] = None
+  check: Optional[Check] = None
+  check_choices: bool = True
+  path: bool = False
+  required: bool = False
+  may_differ_on_resume: bool = False
+
+
+def setting(default: Any = None, help: str = '', *,  # pylint: disable=redefined-builtin
+            choices: Optional[Sequence[str]] = None,
+            per_dataset: Optional[Mapping[str, Any]] = None,
+            check: Optional[Check] = None, check_choices: bool = True,
+            path: bool = False, required: bool = False,
+            may_differ_on_resume: bool = False) -> Any:
+  """Declares a :class:`Config` field and its flag ``--<field name>``.
+
+  Args:
+    default: the field's and the flag's default (unless ``required``).
+    help: the flag's help text.
+    choices: the allowed values (an enum flag; also checked by
+      :func:`validate_config` with "expected one of").
+    per_dataset: ``{dataset: default}`` applied by
+      :func:`set_dataset_defaults` before parsing.
+    check: the value's own check in :func:`validate_config`.
+    check_choices: whether :func:`validate_config` checks ``choices``
+      (False where a check across fields covers it).
+    path: the flag is a path, made absolute (``~`` expanded) when set.
+    required: the field has no default; the flag (default None) must be set.
+    may_differ_on_resume: listed in :data:`MAY_DIFFER_ON_RESUME`.
+  """
+  meta = {FLAG_METADATA_KEY: Flag(
+      help=help, choices=None if choices is None else tuple(choices),
+      per_dataset=dict(per_dataset) if per_dataset else None, check=check,
+      check_choices=check_choices, path=path, required=required,
+      may_differ_on_resume=may_differ_on_resume)}
+  if required:
+    return dataclasses.field(metadata=meta)
+  return dataclasses.field(default=default, metadata=meta)
+
+
+_EPS_CHECK = Check(
+    lambda v: v is not None and 0.0 < v <= 1.0,
+    '{flag} is outside (0, 1]: eps is an L-inf radius in pixel units (pixels '
+    'in [0, 1]), e.g. 0.3 for MNIST or 8/255 = 0.0313725 for CIFAR-10.')
 
 
 # --------------------------------------------------------------------------
@@ -200,61 +147,168 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything a run depends on; built from the flags (see their help)."""
+  """Everything a run depends on; built from the flags (see their help).
+
+  ``dataset`` is the main's (no flag); every other field is a flag.
+  """
   dataset: str
-  workdir: str
-  data_dir: Optional[str] = None
-  method: str = 'dynamic'
-  model: str = 'mnist_cnn'
-  wrn_depth: int = 34
-  wrn_width: int = 10
-  num_epochs: int = 50
-  batch_size: int = 128
-  seed: int = 0
-  eps: float = 0.3
-  step_size: Optional[float] = None  # resolved to eps / 4 by from_flags
-  num_steps: int = 10
-  c_max: float = 0.5
-  t_prime: float = 40.0
-  curriculum_max_steps: int = 40
-  curriculum_threshold: float = 0.5
-  curriculum_start_steps: int = 1
-  learning_rate: float = 0.01
-  momentum: float = 0.9
-  weight_decay: float = 0.0
-  lr_drop_epochs: Tuple[int, ...] = (20, 40)
-  keras_decay: float = 0.0
-  loss_weighting: bool = False
-  fosc_centre_random_start: bool = False
-  unclipped_random_start: bool = False
-  augment: str = 'none'
-  eps_warmup_epochs: int = 0
-  num_train_examples: int = 0
-  num_eval_examples: int = 0
-  eval_batch_size: int = 500
-  eval_every: int = 0
-  eval_every_examples: int = 1000
-  attacks: str = 'paper'
-  log_every_steps: int = 50
-  checkpoint_every_steps: int = 0
-  keep_checkpoints: int = 3
-  stop_after_steps: int = 0
-  source_workdir: Optional[str] = None
-  multihost: bool = False
-  coordinator_address: Optional[str] = None
-  num_processes: Optional[int] = None
-  process_id: Optional[int] = None
+  workdir: str = setting(
+      help='Run folder (checkpoints, metrics, figures, results). Required. '
+      'Re-running with the same workdir resumes the run.',
+      required=True, path=True, may_differ_on_resume=True)
+  data_dir: Optional[str] = setting(
+      None, 'Folder with the raw dataset files (MNIST IDX .gz files, or '
+      'cifar-10-binary.tar.gz / data_batch_*.bin). Unset: a prepared TFDS '
+      'dataset (never downloaded).', path=True, may_differ_on_resume=True)
+  method: str = setting(
+      'dynamic', 'Training method: unsecured (clean), standard (Madry PGD-K), '
+      'curriculum (Cai et al., PGD-k with growing k), dynamic '
+      '(FOSC-controlled PGD-K).', choices=train.METHODS)
+  model: str = setting(
+      'mnist_cnn', 'Model (dataset default: mnist_cnn / cifar10_cnn).',
+      choices=models.MODEL_NAMES, check_choices=False,  # vs DATASET_MODELS
+      per_dataset={'mnist': 'mnist_cnn', 'cifar10': 'cifar10_cnn'})
+  # wrn_depth and wrn_width are checked with --model=wrn only (below).
+  wrn_depth: int = setting(34, 'WideResNet depth.')
+  wrn_width: int = setting(10, 'WideResNet width k.')
+  num_epochs: int = setting(50, 'Training epochs T.', check=at_least(1),
+                            per_dataset={'mnist': 50, 'cifar10': 120},
+                            may_differ_on_resume=True)
+  batch_size: int = setting(
+      128, 'Global batch size; must divide over the devices.',
+      check=at_least(1))
+  seed: int = setting(
+      0, 'Seed of the initialisation, data order, augmentation and attack '
+      'random starts.')
+  eps: float = setting(
+      0.3, 'L-inf radius epsilon, in (0, 1] (pixels in [0, 1]; MNIST 0.3, '
+      'CIFAR-10 8/255).', check=_EPS_CHECK,
+      per_dataset={'mnist': 0.3, 'cifar10': 8 / 255})
+  step_size: Optional[float] = setting(  # None: eps / 4 (__post_init__)
+      None, 'PGD step size alpha (default eps / 4).', check=POSITIVE)
+  num_steps: int = setting(
+      10, 'PGD steps K of standard and dynamic training.', check=at_least(0))
+  c_max: float = setting(0.5, "Dynamic's initial FOSC threshold c_max.",
+                         check=at_least(0))
+  t_prime: float = setting(
+      40.0, "Dynamic's FOSC control epoch T': c_t = max(c_max - t * c_max / "
+      "T', 0) (CIFAR-10: 100 of 120 epochs; MNIST: 40 of 50).",
+      check=POSITIVE, per_dataset={'mnist': 40.0, 'cifar10': 100.0})
+  curriculum_max_steps: int = setting(
+      40, "Curriculum's largest k (MNIST 40, CIFAR 7).",
+      per_dataset={'mnist': 40, 'cifar10': 7})
+  curriculum_threshold: float = setting(
+      0.5, 'Curriculum: k grows by one after an epoch whose mean adversarial '
+      'training accuracy (fraction) exceeds this.',
+      check=Check(lambda v: 0.0 <= v <= 1.0,
+                  '{flag} must be a fraction in [0, 1].'))
+  curriculum_start_steps: int = setting(1, "Curriculum's k in epoch 0.",
+                                        check=at_least(0))
+  learning_rate: float = setting(0.01, 'Initial SGD learning rate.',
+                                 check=POSITIVE)
+  momentum: float = setting(0.9, 'SGD momentum.',
+                            check=Check(lambda v: 0.0 <= v < 1.0,
+                                        '{flag} must be in [0, 1).'))
+  weight_decay: float = setting(
+      0.0, 'L2 weight decay added to the gradient (the paper: 1e-4 for MNIST '
+      'and CIFAR-10).', check=at_least(0),
+      per_dataset={'mnist': 1e-4, 'cifar10': 1e-4})
+  lr_drop_epochs: Tuple[int, ...] = setting(
+      (20, 40), 'Epochs at whose start the learning rate is divided by 10.',
+      check=Check(lambda v: all(e >= 0 for e in v), '{flag} must be >= 0.'),
+      per_dataset={'mnist': (20, 40), 'cifar10': (60, 100)})
+  keras_decay: float = setting(
+      0.0, "Authors'-code deviation (off by default): Keras SGD(decay=...): "
+      'the rate of iteration i is also divided by (1 + keras_decay * i); the '
+      'authors used 1e-4.', check=at_least(0))
+  loss_weighting: bool = setting(
+      False, "Authors'-code deviation (off by default): after epoch 0, weight "
+      'each adversarial example by its own cross-entropy.')
+  fosc_centre_random_start: bool = setting(
+      False, "Authors'-code deviation (off by default): centre the FOSC on "
+      'the random start of PGD instead of on the clean example (the paper).')
+  unclipped_random_start: bool = setting(
+      False, "Authors'-code deviation (off by default): start training PGD "
+      'from x0 + U(-eps, eps) without clipping it to [0, 1] (the first '
+      'gradient is taken there; every step is clipped). The paper clips the '
+      'start.')
+  augment: str = setting(
+      'none', 'Training augmentation: none (MNIST default), crop_flip (4-pixel '
+      'pad + random crop + horizontal flip; CIFAR-10 default), keras '
+      "(authors'-code deviation: Keras ImageDataGenerator with rotation 10 "
+      'degrees, shifts 0.2, horizontal flips, nearest fill; needs scipy).',
+      choices=AUGMENTATIONS,
+      per_dataset={'mnist': 'none', 'cifar10': 'crop_flip'})
+  eps_warmup_epochs: int = setting(
+      0, 'Ramp eps (and the step size with it) linearly over this many '
+      'epochs: epoch t < W uses eps * (t + 1) / W. 0 = off. A remedy when PGD '
+      'training stays at the chance loss 2.30 (e.g. MNIST).',
+      check=at_least(0))
+  num_train_examples: int = setting(
+      0, 'Train on the first N training examples (0 = all).',
+      check=at_least(0, ' (0 = all)'))
+  num_eval_examples: int = setting(
+      0, 'Evaluate on the first N test examples (0 = all).',
+      check=at_least(0, ' (0 = all)'), may_differ_on_resume=True)
+  eval_batch_size: int = setting(500, 'Evaluation batch size.',
+                                 check=at_least(1), may_differ_on_resume=True)
+  eval_every: int = setting(
+      0, 'Every this many epochs (and after the last), measure clean and '
+      'PGD-20 test accuracy on --eval_every_examples test examples (0 = off).',
+      check=at_least(0), may_differ_on_resume=True)
+  eval_every_examples: int = setting(
+      1000, 'Test examples of the per-epoch evaluation.', check=at_least(1),
+      may_differ_on_resume=True)
+  attacks: str = setting(
+      'paper', 'Attack set of the final evaluation: paper = clean, FGSM, '
+      'PGD-10, PGD-20, CW-inf; strong = those plus APGD-CE and APGD-T '
+      '(AutoAttack, 100 steps, 9 targets) and the per-example worst case '
+      'over all of them.', choices=tuple(ATTACK_SETS),
+      may_differ_on_resume=True)
+  log_every_steps: int = setting(
+      50, 'Fetch metrics from the devices (and check for NaN) every this many '
+      'steps.', check=at_least(1), may_differ_on_resume=True)
+  checkpoint_every_steps: int = setting(
+      0, 'Also checkpoint every this many steps (0 = at epoch ends only).',
+      check=at_least(0), may_differ_on_resume=True)
+  keep_checkpoints: int = setting(3, 'Checkpoints to keep.',
+                                  check=at_least(1),
+                                  may_differ_on_resume=True)
+  stop_after_steps: int = setting(
+      0, 'Stop (checkpointed, as if interrupted) once the global step reaches '
+      'this; rerun without it to resume. 0 = off.', check=at_least(0),
+      may_differ_on_resume=True)
+  source_workdir: Optional[str] = setting(
+      None, 'Workdir of a trained source model: also evaluate black-box '
+      '(transfer) attacks crafted on it.', path=True,
+      may_differ_on_resume=True)
+  multihost: bool = setting(
+      False, 'Call jax.distributed.initialize() first (one process per '
+      'host). On TPU pods, SLURM, Open MPI and Kubernetes JAX finds the '
+      'coordinator itself; elsewhere give --coordinator_address, '
+      '--num_processes and --process_id.', may_differ_on_resume=True)
+  coordinator_address: Optional[str] = setting(
+      None, 'With --multihost: host:port of process 0.',
+      may_differ_on_resume=True)
+  num_processes: Optional[int] = setting(
+      None, 'With --multihost: the number of processes.',
+      may_differ_on_resume=True)
+  process_id: Optional[int] = setting(
+      None, 'With --multihost: this process, 0..num_processes-1.',
+      may_differ_on_resume=True)
 
   def __post_init__(self):
-    object.__setattr__(self, 'lr_drop_epochs',
-                       tuple(int(e) for e in self.lr_drop_epochs))
+    for field in _int_list_fields(type(self)):  # lr_drop_epochs
+      object.__setattr__(self, field,
+                         tuple(int(e) for e in getattr(self, field)))
     if self.step_size is None and self.eps is not None:
       object.__setattr__(self, 'step_size', float(self.eps) / 4)
 
   def to_dict(self) -> Dict[str, Any]:
     """JSON-ready dictionary (tuples become lists)."""
     d = dataclasses.asdict(self)
-    d['lr_drop_epochs'] = list(self.lr_drop_epochs)
+    for field in _int_list_fields(type(self)):
+      d[field] = list(d[field])
     return d
 
   @classmethod
@@ -268,6 +322,102 @@ class Config:
     return dataclasses.replace(self, **changes)
 
 
+# --------------------------------------------------------------------------
+# What the declarations generate: flags, dataset defaults, config_from_flags
+# --------------------------------------------------------------------------
+
+
+def flag_fields(config_class: type = Config
+                ) -> List[Tuple[dataclasses.Field, Flag]]:
+  """``(field, flag metadata)`` of every field of ``config_class`` that is a
+  flag, in declaration order."""
+  return [(f, f.metadata[FLAG_METADATA_KEY])
+          for f in dataclasses.fields(config_class)
+          if FLAG_METADATA_KEY in f.metadata]
+
+
+def flag_kind(field: dataclasses.Field) -> str:
+  """``'string'``, ``'enum'``, ``'integer'``, ``'float'``, ``'bool'`` or
+  ``'int_list'``, from the field's type (``Optional[X]`` is X's)."""
+  t = field.type
+  if typing.get_origin(t) is typing.Union:
+    (t,) = [a for a in typing.get_args(t) if a is not type(None)]
+  if typing.get_origin(t) is tuple and typing.get_args(t) == (int, ...):
+    return 'int_list'
+  kinds = {bool: 'bool', int: 'integer', float: 'float', str: 'string'}
+  if t not in kinds:
+    raise TypeError(f'Config field {field.name}: no flag kind for type {t}.')
+  if field.metadata[FLAG_METADATA_KEY].choices is not None:
+    if t is not str:
+      raise TypeError(f'Config field {field.name}: choices need type str.')
+    return 'enum'
+  return kinds[t]
+
+
+@functools.lru_cache(maxsize=None)
+def _int_list_fields(config_class: type) -> Tuple[str, ...]:
+  return tuple(f.name for f, _ in flag_fields(config_class)
+          if flag_kind(f) == 'int_list')
+
+
+def _flag_value(field: dataclasses.Field, value: Any) -> Any:
+  """A field value as its flag holds it (lists of integers as strings)."""
+  if flag_kind(field) == 'int_list' and value is not None:
+    return [str(e) for e in value]
+  return value
+
+
+def define_flags(config_class: type = Config,
+                 flag_values: Optional[flags.FlagValues] = None) -> None:
+  """Defines the flag ``--<name>`` of every field of ``config_class``."""
+  fv = flags.FLAGS if flag_values is None else flag_values
+  for field, spec in flag_fields(config_class):
+    kind = flag_kind(field)
+    default = None if spec.required else _flag_value(field, field.default)
+    if kind == 'enum':
+      flags.DEFINE_enum(field.name, default, spec.choices, spec.help,
+                        flag_values=fv)
+    else:
+      define = {'string': flags.DEFINE_string,
+                'integer': flags.DEFINE_integer,
+                'float': flags.DEFINE_float, 'bool': flags.DEFINE_bool,
+                'int_list': flags.DEFINE_list}[kind]
+      define(field.name, default, spec.help, flag_values=fv)
+
+
+def dataset_defaults(config_class: type = Config
+                     ) -> Dict[str, Dict[str, Any]]:
+  """``{dataset: {flag: default}}`` from the fields' ``per_dataset``, as
+  the flags hold them."""
+  out = {dataset: {} for dataset in DATASETS}
+  for field, spec in flag_fields(config_class):
+    for dataset, value in (spec.per_dataset or {}).items():
+      out[dataset][field.name] = _flag_value(field, value)
+  return out
+
+
+define_flags(Config)
+
+# Flag defaults that depend on the dataset (the paper's settings); each main
+# applies its dataset's before parsing. The flagfiles in experiments/configs/
+# spell these out anyway.
+DATASET_DEFAULTS = dataset_defaults(Config)
+
+# Flags a resumed run may change: where things are, how long to train, how
+# often to log, checkpoint and evaluate. Everything else defines the
+# trajectory (model, data subset, method, attack, optimiser, seed) and must
+# match the workdir's flags.json. num_epochs may change because neither the
+# learning-rate schedule (--lr_drop_epochs) nor c_t (--t_prime) depends on it,
+# so a longer run extends a shorter one exactly.
+def resumable_flags(config_class: type = Config) -> Tuple[str, ...]:
+  """The flags declared ``may_differ_on_resume``, in declaration order."""
+  return tuple(f.name for f, spec in flag_fields(config_class)
+               if spec.may_differ_on_resume)
+
+
+MAY_DIFFER_ON_RESUME = resumable_flags(Config)
+
+
 def _parse_int_list(values: Sequence[str], flag: str) -> Tuple[int, ...]:
   try:
     return tuple(int(v) for v in values if str(v).strip())
@@ -277,73 +427,34 @@ def _parse_int_list(values: Sequence[str], flag: str) -> Tuple[int, ...]:
 
 
 def config_from_flags(dataset: str,
-                      flag_values: Optional[flags.FlagValues] = None
-                      ) -> Config:
+                      flag_values: Optional[flags.FlagValues] = None,
+                      config_class: type = Config) -> Config:
   """Reads the parsed flags (``flag_values``, default the global ``FLAGS``)
-  into a :class:`Config` for ``dataset``."""
+  into a :class:`Config` (or ``config_class``) for ``dataset``."""
   fv = flags.FLAGS if flag_values is None else flag_values
-  value = lambda holder: fv[holder.name].value
   if dataset not in DATASETS:
     raise ConfigError(f'unknown dataset {dataset!r}; expected one of '
                       f'{DATASETS}')
-  if not value(_WORKDIR):
-    raise ConfigError('--workdir is required.')
-  return Config(
-      dataset=dataset,
-      workdir=os.path.abspath(os.path.expanduser(value(_WORKDIR))),
-      data_dir=(os.path.abspath(os.path.expanduser(value(_DATA_DIR)))
-                if value(_DATA_DIR) else None),
-      method=value(_METHOD),
-      model=value(_MODEL),
-      wrn_depth=value(_WRN_DEPTH),
-      wrn_width=value(_WRN_WIDTH),
-      num_epochs=value(_NUM_EPOCHS),
-      batch_size=value(_BATCH_SIZE),
-      seed=value(_SEED),
-      eps=value(_EPS),
-      step_size=(value(_STEP_SIZE) if value(_STEP_SIZE) is not None
-                 else value(_EPS) / 4),
-      num_steps=value(_NUM_STEPS),
-      c_max=value(_C_MAX),
-      t_prime=value(_T_PRIME),
-      curriculum_max_steps=value(_CURRICULUM_MAX_STEPS),
-      curriculum_threshold=value(_CURRICULUM_THRESHOLD),
-      curriculum_start_steps=value(_CURRICULUM_START_STEPS),
-      learning_rate=value(_LEARNING_RATE),
-      momentum=value(_MOMENTUM),
-      weight_decay=value(_WEIGHT_DECAY),
-      lr_drop_epochs=_parse_int_list(value(_LR_DROP_EPOCHS), 'lr_drop_epochs'),
-      keras_decay=value(_KERAS_DECAY),
-      loss_weighting=value(_LOSS_WEIGHTING),
-      fosc_centre_random_start=value(_FOSC_CENTRE_RANDOM_START),
-      unclipped_random_start=value(_UNCLIPPED_RANDOM_START),
-      augment=value(_AUGMENT),
-      eps_warmup_epochs=value(_EPS_WARMUP_EPOCHS),
-      num_train_examples=value(_NUM_TRAIN_EXAMPLES),
-      num_eval_examples=value(_NUM_EVAL_EXAMPLES),
-      eval_batch_size=value(_EVAL_BATCH_SIZE),
-      eval_every=value(_EVAL_EVERY),
-      eval_every_examples=value(_EVAL_EVERY_EXAMPLES),
-      attacks=value(_ATTACKS),
-      log_every_steps=value(_LOG_EVERY_STEPS),
-      checkpoint_every_steps=value(_CHECKPOINT_EVERY_STEPS),
-      keep_checkpoints=value(_KEEP_CHECKPOINTS),
-      stop_after_steps=value(_STOP_AFTER_STEPS),
-      source_workdir=(os.path.abspath(os.path.expanduser(
-          value(_SOURCE_WORKDIR))) if value(_SOURCE_WORKDIR) else None),
-      multihost=value(_MULTIHOST),
-      coordinator_address=value(_COORDINATOR_ADDRESS),
-      num_processes=value(_NUM_PROCESSES),
-      process_id=value(_PROCESS_ID),
-  )
+  values = {'dataset': dataset}
+  for field, spec in flag_fields(config_class):
+    value = fv[field.name].value
+    if spec.required and not value:
+      raise ConfigError(f'--{field.name} is required.')
+    if flag_kind(field) == 'int_list':
+      value = _parse_int_list(value, field.name)
+    if spec.path:
+      value = os.path.abspath(os.path.expanduser(value)) if value else None
+    values[field.name] = value
+  # step_size None becomes eps / 4 in Config.__post_init__.
+  return config_class(**values)
 
 
 def set_dataset_defaults(dataset: str,
-                         flag_values: Optional[flags.FlagValues] = None
-                         ) -> None:
+                         flag_values: Optional[flags.FlagValues] = None,
+                         config_class: type = Config) -> None:
   """Makes ``dataset``'s settings the flag defaults (before parsing)."""
   fv = flags.FLAGS if flag_values is None else flag_values
-  for name, value in DATASET_DEFAULTS[dataset].items():
+  for name, value in dataset_defaults(config_class)[dataset].items():
     fv.set_default(name, value)
 
 
@@ -358,72 +469,30 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate_config(config: Config) -> None:
-  """Checks every flag that can be checked without data or devices.
+  """Checks every flag that can be checked without data or devices: each
+  field's own check and choices (from its :func:`setting`), then the checks
+  across fields.
 
   Raises:
     ConfigError: naming the offending flag.
   """
   c = config
   _require(c.dataset in DATASETS, f'unknown dataset {c.dataset!r}')
-  _require(c.method in train.METHODS,
-           f'--method={c.method}: expected one of {train.METHODS}.')
+  for field, spec in flag_fields(type(c)):
+    value = getattr(c, field.name)
+    if spec.choices is not None and spec.check_choices:
+      _require(value in spec.choices,
+               f'--{field.name}={value}: expected one of {spec.choices}.')
+    if spec.check is not None:
+      message = spec.check.error(field.name, value)
+      _require(message is None, message)
+  # Across fields.
   _require(c.model in DATASET_MODELS[c.dataset],
            f'--model={c.model} does not fit {c.dataset}; use one of '
            f'{DATASET_MODELS[c.dataset]}.')
-  _require(c.eps is not None and 0.0 < c.eps <= 1.0,
-           f'--eps={c.eps} is outside (0, 1]: eps is an L-inf radius in '
-           'pixel units (pixels in [0, 1]), e.g. 0.3 for MNIST or 8/255 = '
-           '0.0313725 for CIFAR-10.')
-  _require(c.step_size > 0, f'--step_size={c.step_size} must be positive.')
-  _require(c.num_epochs >= 1, f'--num_epochs={c.num_epochs} must be >= 1.')
-  _require(c.batch_size >= 1, f'--batch_size={c.batch_size} must be >= 1.')
-  _require(c.num_steps >= 0, f'--num_steps={c.num_steps} must be >= 0.')
-  _require(c.c_max >= 0, f'--c_max={c.c_max} must be >= 0.')
-  _require(c.t_prime > 0, f'--t_prime={c.t_prime} must be positive.')
-  _require(c.curriculum_start_steps >= 0,
-           f'--curriculum_start_steps={c.curriculum_start_steps} must be '
-           '>= 0.')
   _require(c.curriculum_max_steps >= c.curriculum_start_steps,
            f'--curriculum_max_steps={c.curriculum_max_steps} must be >= '
            f'--curriculum_start_steps={c.curriculum_start_steps}.')
-  _require(0.0 <= c.curriculum_threshold <= 1.0,
-           f'--curriculum_threshold={c.curriculum_threshold} must be a '
-           'fraction in [0, 1].')
-  _require(c.learning_rate > 0,
-           f'--learning_rate={c.learning_rate} must be positive.')
-  _require(0.0 <= c.momentum < 1.0,
-           f'--momentum={c.momentum} must be in [0, 1).')
-  _require(c.weight_decay >= 0,
-           f'--weight_decay={c.weight_decay} must be >= 0.')
-  _require(all(e >= 0 for e in c.lr_drop_epochs),
-           f'--lr_drop_epochs={c.lr_drop_epochs} must be >= 0.')
-  _require(c.keras_decay >= 0, f'--keras_decay={c.keras_decay} must be >= 0.')
-  _require(c.augment in AUGMENTATIONS,
-           f'--augment={c.augment}: expected one of {AUGMENTATIONS}.')
-  _require(c.eps_warmup_epochs >= 0,
-           f'--eps_warmup_epochs={c.eps_warmup_epochs} must be >= 0.')
-  _require(c.num_train_examples >= 0,
-           f'--num_train_examples={c.num_train_examples} must be >= 0 '
-           '(0 = all).')
-  _require(c.num_eval_examples >= 0,
-           f'--num_eval_examples={c.num_eval_examples} must be >= 0 '
-           '(0 = all).')
-  _require(c.eval_batch_size >= 1,
-           f'--eval_batch_size={c.eval_batch_size} must be >= 1.')
-  _require(c.eval_every >= 0, f'--eval_every={c.eval_every} must be >= 0.')
-  _require(c.eval_every_examples >= 1,
-           f'--eval_every_examples={c.eval_every_examples} must be >= 1.')
-  _require(c.attacks in ATTACK_SETS,
-           f'--attacks={c.attacks}: expected one of {tuple(ATTACK_SETS)}.')
-  _require(c.log_every_steps >= 1,
-           f'--log_every_steps={c.log_every_steps} must be >= 1.')
-  _require(c.checkpoint_every_steps >= 0,
-           f'--checkpoint_every_steps={c.checkpoint_every_steps} must be '
-           '>= 0.')
-  _require(c.keep_checkpoints >= 1,
-           f'--keep_checkpoints={c.keep_checkpoints} must be >= 1.')
-  _require(c.stop_after_steps >= 0,
-           f'--stop_after_steps={c.stop_after_steps} must be >= 0.')
   if c.model == 'wrn':
     _require(c.wrn_depth >= 10 and (c.wrn_depth - 4) % 6 == 0,
              f'--wrn_depth={c.wrn_depth}: (depth - 4) must be divisible by 6 '
@@ -465,10 +534,11 @@ def flag_differences(saved: Mapping[str, Any],
   :class:`Config` default.
   """
   current = config.to_dict()
-  defaults = Config(dataset=config.dataset, workdir='').to_dict()
+  defaults = type(config)(dataset=config.dataset, workdir='').to_dict()
+  may_differ = resumable_flags(type(config))
   out = []
   for name, value in current.items():
-    if name in MAY_DIFFER_ON_RESUME:
+    if name in may_differ:
       continue
     old = saved.get(name, defaults.get(name))
     if json.loads(json.dumps(old)) != json.loads(json.dumps(value)):

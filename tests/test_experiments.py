@@ -65,6 +65,14 @@ def _is_png(path):
   return Path(path).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+@pytest.fixture(autouse=True)
+def _from_repository_root(monkeypatch):
+  """The flagfiles include their base file by a path relative to the
+  repository root (absl resolves a nested --flagfile relative to the current
+  directory), as the subprocesses of run_utils, which run there."""
+  monkeypatch.chdir(REPO)
+
+
 # ---------------------------------------------------------------------------
 # End to end
 # ---------------------------------------------------------------------------
@@ -402,16 +410,50 @@ def _parse(dataset, args):
   return config_lib.config_from_flags(dataset)
 
 
-@pytest.mark.parametrize('path', sorted(CONFIGS.glob('*.flags')),
-                         ids=lambda p: p.stem)
+# The resolved Config of each of the 12 method flagfiles before they were
+# split into a base file per dataset/model and short per-method files
+# (issue #16; written once by the code and the files of commit 599facd).
+FLAGFILE_CONFIGS = json.loads(
+    (REPO / 'tests' / 'testdata' / 'flagfile_configs.json').read_text())
+METHOD_FLAGFILES = sorted(p for p in CONFIGS.glob('*.flags')
+                          if not p.stem.endswith('_base'))
+
+
+def test_flagfile_layout():
+  """A base file per dataset/model; the method files are the 12 names."""
+  assert sorted(p.stem for p in CONFIGS.glob('*.flags')) == sorted(
+      list(FLAGFILE_CONFIGS) + ['mnist_base', 'cifar10_base',
+                                'cifar10_wrn_base'])
+  assert len(METHOD_FLAGFILES) == 12
+  for path in METHOD_FLAGFILES:
+    lines = [l for l in path.read_text().splitlines()
+             if l and not l.startswith('#')]
+    base = path.stem.rsplit('_', 1)[0] + '_base'
+    assert lines[:2] == [f'--flagfile=experiments/configs/{base}.flags',
+                         f'--method={path.stem.rsplit("_", 1)[1]}']
+
+
+@pytest.mark.parametrize('path', METHOD_FLAGFILES, ids=lambda p: p.stem)
 def test_flagfiles(path):
   dataset = path.stem.split('_')[0]
   method = path.stem.split('_')[-1]
   config = _parse(dataset, [f'--flagfile={path}', '--workdir=/tmp/unused'])
   config_lib.validate_config(config)
+  # Exactly the Config the file gave before the split, every field.
+  assert config.to_dict() == FLAGFILE_CONFIGS[path.stem]
+  # The same through the relative path of the README's commands.
+  assert _parse(dataset, [f'--flagfile={path.relative_to(REPO)}',
+                          '--workdir=/tmp/unused']) == config
   assert config.method == method
   assert config.batch_size == 128 and config.num_steps == 10
   assert config.momentum == 0.9 and config.c_max == 0.5
+  assert config.learning_rate == 0.01 and config.seed == 0
+  assert (config.curriculum_start_steps, config.curriculum_threshold) == (1, 0.5)
+  assert (config.eval_every, config.num_eval_examples) == (1, 0)
+  assert config.eval_batch_size == (250 if dataset == 'mnist' else 500)
+  assert config.checkpoint_every_steps == (200 if '_wrn_' in path.name else 0)
+  assert not (config.loss_weighting or config.unclipped_random_start or
+              config.fosc_centre_random_start or config.keras_decay)
   assert config.step_size == pytest.approx(config.eps / 4)
   # Section 5: weight decay 1e-4 for both datasets.
   assert config.weight_decay == 1e-4

@@ -18,6 +18,14 @@ CONFIGS = REPO / 'experiments' / 'configs'
 GRIDS = REPO / 'experiments' / 'grids'
 
 
+@pytest.fixture(autouse=True)
+def _from_repository_root(monkeypatch):
+  """The flagfiles include their base file by a path relative to the
+  repository root (absl resolves a nested --flagfile relative to the current
+  directory)."""
+  monkeypatch.chdir(REPO)
+
+
 def _grid(**changes):
   grid = {
       'description': 'test grid',
