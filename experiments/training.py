@@ -74,42 +74,49 @@ def run_keys(seed: int) -> Tuple[jax.Array, jax.Array]:
   return init_key, train_key
 
 
+def _lr_settings(config: Config, steps_per_epoch: int) -> Dict[str, Any]:
+  """The arguments of :func:`train.learning_rate_schedule` (and of the
+  optimiser's schedule) for a run."""
+  return dict(learning_rate=config.learning_rate,
+              steps_per_epoch=steps_per_epoch,
+              lr_drop_epochs=config.lr_drop_epochs,
+              keras_decay=config.keras_decay)
+
+
 def initial_state(config: Config, input_shape: Tuple[int, ...],
                   steps_per_epoch: int) -> train.TrainState:
   """A fresh (unplaced) train state with the run's optimiser."""
   tx = train.make_optimizer(
-      learning_rate=config.learning_rate, momentum=config.momentum,
-      weight_decay=config.weight_decay, steps_per_epoch=steps_per_epoch,
-      lr_drop_epochs=config.lr_drop_epochs, keras_decay=config.keras_decay)
+      momentum=config.momentum, weight_decay=config.weight_decay,
+      **_lr_settings(config, steps_per_epoch))
   init_key, _ = run_keys(config.seed)
   state = train.create_train_state(build_model(config), init_key, input_shape,
                                    tx)
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def learning_rate(config: Config, epoch: int, step: int) -> float:
-  """The rate :func:`train.make_optimizer`'s schedule gives at ``step``."""
-  lr = config.learning_rate * 0.1 ** sum(epoch >= e
-                                         for e in config.lr_drop_epochs)
-  return lr / (1.0 + config.keras_decay * step)
-
-
-def epoch_eps(config: Config, epoch: int) -> float:
-  """Eps of ``epoch``: ramped over ``--eps_warmup_epochs``, then ``--eps``."""
-  if config.eps_warmup_epochs and epoch < config.eps_warmup_epochs:
-    return config.eps * (epoch + 1) / config.eps_warmup_epochs
-  return config.eps
+def learning_rate_schedule(config: Config, steps_per_epoch: int):
+  """The optax schedule the run's optimiser (:func:`initial_state`) uses."""
+  return train.learning_rate_schedule(**_lr_settings(config, steps_per_epoch))
 
 
 def epoch_attack_params(config: Config, epoch: int,
                         curriculum_k: int) -> train.AttackParams:
-  """The traced attack settings of ``epoch`` (step size scaled with eps)."""
-  eps = epoch_eps(config, epoch)
+  """The traced attack settings of ``epoch``: eps ramped over
+  ``--eps_warmup_epochs`` (:func:`train.warmup_eps`), the step size scaled
+  with it."""
+  eps = train.warmup_eps(epoch, config.eps, config.eps_warmup_epochs)
   return train.attack_params_for_epoch(
       config.method, epoch, eps=eps,
       step_size=config.step_size * eps / config.eps,
       num_steps=config.num_steps, c_max=config.c_max, t_prime=config.t_prime,
       curriculum_steps=curriculum_k)
+
+
+def _float32_value(x: Any) -> float:
+  """A float32 the training step used, logged as the shortest decimal that
+  reads back as the same float32 (0.01, not 0.009999999776482582)."""
+  return float(str(np.float32(x)))
 
 
 # The step metrics the loop fetches (the others are not computed).
@@ -325,16 +332,19 @@ def epoch_row(run: Run, epoch: int, progress: Progress,
   steps per example), ``steps_max`` (most steps of an example),
   ``iters_max`` (most loop iterations a device ran), ``c_t`` (Dynamic's FOSC
   threshold, else ``None``), ``num_steps`` (K, or Curriculum's k), ``eps``,
-  ``step_size``, ``lr`` (at the epoch's start), ``epoch_time_s``,
+  ``step_size``, ``lr`` (at the epoch's first step), ``epoch_time_s``,
   ``train_time_s`` (cumulative); :func:`evaluate_epoch` adds ``test_clean``
   and ``test_pgd20`` (percent) when due.
+
+  ``c_t``, ``num_steps``, ``eps`` and ``step_size`` are those of
+  ``attack_params``, the settings the epoch's steps used, and ``lr`` is the
+  optimiser's own schedule at the epoch's first step; the float32 values are
+  logged as the shortest decimals that read back as them.
   """
   n = max(progress.num_batches, 1)
-  config = run.config
-  eps = epoch_eps(config, epoch)
-  c_t = None
-  if config.method == 'dynamic':
-    c_t = max(config.c_max - epoch * config.c_max / config.t_prime, 0.0)
+  c_stop = float(attack_params.c_stop)
+  lr = learning_rate_schedule(run.config, run.steps_per_epoch)(
+      jnp.int32(epoch * run.steps_per_epoch))
   return {
       'epoch': epoch,
       'step': progress.step,
@@ -343,11 +353,11 @@ def epoch_row(run: Run, epoch: int, progress: Progress,
       'steps_mean': progress.steps_mean_sum / n,
       'steps_max': progress.steps_max,
       'iters_max': progress.iters_max,
-      'c_t': c_t,
+      'c_t': _float32_value(c_stop) if math.isfinite(c_stop) else None,
       'num_steps': int(attack_params.num_steps),
-      'eps': eps,
-      'step_size': config.step_size * eps / config.eps,
-      'lr': learning_rate(config, epoch, epoch * run.steps_per_epoch),
+      'eps': _float32_value(attack_params.eps),
+      'step_size': _float32_value(attack_params.step_size),
+      'lr': _float32_value(lr),
       'epoch_time_s': progress.epoch_time_s,
       'train_time_s': progress.train_time_s,
   }

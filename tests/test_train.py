@@ -147,6 +147,28 @@ def test_optimizer_schedule_weight_decay_and_keras_decay():
   assert isinstance(tx, optax.GradientTransformation)
 
 
+def test_optimizer_applies_learning_rate_schedule():
+  """make_optimizer's rate of update i is learning_rate_schedule(i), exactly
+  (lr / 10 at each drop epoch, / (1 + decay * i) per iteration)."""
+  params, grads = {'w': jnp.ones(())}, {'w': jnp.ones(())}
+  kw = dict(steps_per_epoch=3, lr_drop_epochs=(1, 3), keras_decay=0.25)
+  tx = train.make_optimizer(learning_rate=0.05, momentum=0.0,
+                            weight_decay=0.0, **kw)
+  schedule = train.learning_rate_schedule(0.05, **kw)
+  s = tx.init(params)
+  for i in range(12):
+    u, s = tx.update(grads, s, params)
+    assert -np.asarray(u['w']) == np.asarray(schedule(jnp.int32(i)))
+    assert float(schedule(jnp.int32(i))) == pytest.approx(
+        0.05 * 0.1 ** ((i >= 3) + (i >= 9)) / (1 + 0.25 * i), rel=1e-6)
+
+
+def test_warmup_eps():
+  assert [train.warmup_eps(t, 0.3, 3) for t in range(5)] == pytest.approx(
+      [0.1, 0.2, 0.3, 0.3, 0.3])
+  assert [train.warmup_eps(t, 0.3) for t in range(2)] == [0.3, 0.3]
+
+
 def test_deviation_flags_change_the_step():
   batch = dp_worker.fixed_batch()
   ap = _ap(3)
