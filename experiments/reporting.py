@@ -28,15 +28,15 @@ from experiments.config import FLAGS_FILE
 from experiments.config import FOSC_DIR
 from experiments.config import IMAGE_SHAPES
 from experiments.config import RESULTS_FILE
-from experiments.outputs import _devices_description
-from experiments.outputs import _is_main_process
-from experiments.outputs import _loud
-from experiments.outputs import _print
+from experiments.outputs import devices_description
+from experiments.outputs import is_main_process
+from experiments.outputs import print_loud
+from experiments.outputs import print_main
 from experiments.outputs import read_metrics
-from experiments.training import _EVAL_KEY
-from experiments.training import _eval_batch_size
-from experiments.training import _variables
+from experiments.training import EVAL_KEY
+from experiments.training import evaluation_batch_size
 from experiments.training import initial_state
+from experiments.training import model_variables
 
 # How many test examples the eps = 1 gradient-masking check uses.
 EPS_ONE_EXAMPLES = 1000
@@ -48,7 +48,7 @@ EPS_ONE_EXAMPLES = 1000
 
 def make_figures(config: Config) -> List[str]:
   """Writes ``fosc_histograms.png`` and ``training_curves.png``."""
-  if not _is_main_process():
+  if not is_main_process():
     return []
   from dynamic_at import plots  # pylint: disable=g-import-not-at-top
   written = []
@@ -71,7 +71,7 @@ def make_figures(config: Config) -> List[str]:
           fosc_by_epoch, os.path.join(config.workdir, 'fosc_histograms.png'),
           title=f'FOSC of training adversarial examples ({title})'))
   for path in written:
-    _print(f'Wrote {path}')
+    print_main(f'Wrote {path}')
   return written
 
 
@@ -113,8 +113,9 @@ def restore_model(workdir: str, image_shape: Tuple[int, ...], mesh, *,
     ckpt.close()
   total = config.num_epochs * meta.get('steps_per_epoch', 0)
   if meta.get('step', 0) < total:
-    _loud(f'WARNING: {workdir} is not fully trained (step '
-          f'{meta.get("step")} of {total}); evaluating its newest checkpoint.')
+    print_loud(f'WARNING: {workdir} is not fully trained (step '
+               f'{meta.get("step")} of {total}); evaluating its newest '
+               'checkpoint.')
   return config, state, meta
 
 
@@ -138,25 +139,25 @@ def evaluate_and_report(config: Config, state: train.TrainState,
     The dictionary written to ``results.json``.
   """
   start = time.time()
-  key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_KEY)
-  batch_size = _eval_batch_size(config, test_ds.num_examples)
+  key = jax.random.fold_in(jax.random.key(config.seed), EVAL_KEY)
+  batch_size = evaluation_batch_size(config, test_ds.num_examples)
   src = None
   if source is not None:
-    src = (source[1].apply_fn, _variables(source[1]))
-  _print(f'Evaluating on {test_ds.num_examples:,} test examples '
-         f'(eps={config.eps:.6g}, attacks={config.attacks}'
-         f'{", black-box source " + source[0] if source else ""}) ...')
+    src = (source[1].apply_fn, model_variables(source[1]))
+  print_main(f'Evaluating on {test_ds.num_examples:,} test examples '
+             f'(eps={config.eps:.6g}, attacks={config.attacks}'
+             f'{", black-box source " + source[0] if source else ""}) ...')
   results = evaluation.evaluate(
-      state.apply_fn, _variables(state), test_ds.images, test_ds.labels,
+      state.apply_fn, model_variables(state), test_ds.images, test_ds.labels,
       eps=config.eps, key=key, batch_size=batch_size, mesh=mesh,
       attacks=ATTACK_SETS[config.attacks], source=src)
   n1 = min(EPS_ONE_EXAMPLES, test_ds.num_examples)
   eps_one = evaluation.accuracy_at_eps_one(
-      state.apply_fn, _variables(state), test_ds.images[:n1],
-      test_ds.labels[:n1], key, _eval_batch_size(config, n1), mesh)
+      state.apply_fn, model_variables(state), test_ds.images[:n1],
+      test_ds.labels[:n1], key, evaluation_batch_size(config, n1), mesh)
   warnings = evaluation.sanity_warnings(results, eps_one_accuracy=eps_one)
   for w in warnings:
-    _loud(w)
+    print_loud(w)
   out = {
       'dataset': config.dataset,
       'method': config.method,
@@ -169,13 +170,13 @@ def evaluate_and_report(config: Config, state: train.TrainState,
       'flags': config.to_dict(),
       'wall_time_s': meta.get('train_time_s'),
       'eval_wall_time_s': time.time() - start,
-      'devices': _devices_description(),
+      'devices': devices_description(),
       'data_source': {'train': meta.get('train_data_source'),
                       'test': test_ds.source},
       'num_train_examples': meta.get('num_train_examples'),
       'step': meta.get('step'),
   }
-  if _is_main_process():
+  if is_main_process():
     json_path, _ = evaluation.write_results(
         os.path.join(config.workdir, RESULTS_FILE), out)
     print(evaluation.results_markdown(
@@ -213,7 +214,7 @@ def export_weights(workdir: str, path: str) -> str:
           'step': meta.get('step'), 'train_time_s': meta.get('train_time_s'),
           'num_train_examples': meta.get('num_train_examples'),
           'results': results}
-  return weights.save_weights(path, _variables(state), model=config.model,
+  return weights.save_weights(path, model_variables(state), model=config.model,
                               model_kwargs=model_kwargs, info=info)
 
 

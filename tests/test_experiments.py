@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import jax
@@ -250,14 +251,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_chance_loss_warning(capsys):
   config = config_lib.Config(dataset='mnist', workdir='/w', method='standard')
-  training._chance_warning(config, {'train_loss': 2.3026}, 'after epoch 1')
+  training.chance_warning(config, {'train_loss': 2.3026}, 'after epoch 1')
   mnist = capsys.readouterr().err
   assert 'adversarial training loss is 2.3026' in mnist
   assert 'a known failure of PGD training on MNIST at eps 0.3' in mnist
   assert '--eps_warmup_epochs=5' in mnist and '--learning_rate' in mnist
   cifar = config_lib.Config(dataset='cifar10', workdir='/w',
                             method='standard')
-  training._chance_warning(cifar, {'train_loss': 2.3026}, 'after epoch 1')
+  training.chance_warning(cifar, {'train_loss': 2.3026}, 'after epoch 1')
   text = capsys.readouterr().err
   assert 'adversarial training loss is 2.3026' in text
   assert ('the model is at chance level. If it is still there after several '
@@ -265,9 +266,9 @@ def test_chance_loss_warning(capsys):
   assert '--learning_rate' in text
   assert 'MNIST' not in text and 'known failure' not in text
   for c in (config, cifar):
-    training._chance_warning(c, {'train_loss': 0.9}, 'after epoch 1')
-    training._chance_warning(c.replace(method='unsecured'),
-                             {'train_loss': 2.3026}, 'after epoch 1')
+    training.chance_warning(c, {'train_loss': 0.9}, 'after epoch 1')
+    training.chance_warning(c.replace(method='unsecured'),
+                            {'train_loss': 2.3026}, 'after epoch 1')
   assert not capsys.readouterr().err
 
 
@@ -356,6 +357,18 @@ def test_missing_data_file_is_named(tmp_path):
   (folder / 'train-images-idx3-ubyte.gz').unlink()
   with pytest.raises(data.DataError, match='train-images-idx3-ubyte'):
     _main([f'--workdir={tmp_path / "w"}', f'--data_dir={folder}'])
+  assert not (tmp_path / 'w').exists()
+
+
+def test_missing_tfds_data_names_the_flag(tmp_path, monkeypatch):
+  """The library's error names its argument; the main names the flag."""
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
+  with pytest.raises(data.DataError) as err:
+    _main([f'--workdir={tmp_path / "w"}'])
+  message = str(err.value)
+  assert 'pass --data_dir a folder holding' in message
+  assert data.DATA_DIR_ARGUMENT not in message
+  assert 'train-images-idx3-ubyte.gz' in message
   assert not (tmp_path / 'w').exists()
 
 
