@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from dynamic_at import _attacks
-from dynamic_at import _losses
+import dynamic_at
 from dynamic_at import models
 from dynamic_at import parallel
 from dynamic_at import train
@@ -77,13 +76,13 @@ def xla_count(model_name, batch):
     return model.apply(v, x, train=False)
 
   def igrad(v, x):
-    return _attacks.input_grad(lambda z: model.apply(v, z, train=False), x, y)
+    return dynamic_at.input_grad(lambda z: model.apply(v, z, train=False), x, y)
 
   def pgrad(v, x):
     def loss(p):
       logits, _ = model.apply({'params': p, 'batch_stats': v['batch_stats']},
                               x, train=True, mutable=['batch_stats'])
-      return jnp.mean(_losses.xent(logits, y))
+      return jnp.mean(dynamic_at.xent(logits, y))
     return jax.grad(loss)(v['params'])
 
   out = {}

@@ -27,26 +27,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from dynamic_at import _attacks
-from dynamic_at import _fosc
+import dynamic_at
 from dynamic_at import models
 
 
 def minimal_pgd(logits_fn, x0, y, key, eps, step_size, num_steps,
                 final_eval=False):
   """Plain L-inf PGD: random start, ``num_steps`` sign steps, nothing else."""
-  x = _attacks.random_start_point(key, x0, eps)
+  x = dynamic_at.random_start_point(key, x0, eps)
 
   def body(_, x):
-    _, g = _attacks.input_grad(logits_fn, x, y)
+    _, g = dynamic_at.input_grad(logits_fn, x, y)
     x = jnp.clip(x + step_size * jnp.sign(g), x0 - eps, x0 + eps)
     return jnp.clip(x, 0.0, 1.0)
 
   x = jax.lax.fori_loop(0, num_steps, body, x)
   if not final_eval:
     return x, None
-  loss, g = _attacks.input_grad(logits_fn, x, y)
-  return x, (loss, _fosc.fosc(x, x0, g, eps))
+  loss, g = dynamic_at.input_grad(logits_fn, x, y)
+  return x, (loss, dynamic_at.fosc(x, x0, g, eps))
 
 
 def main():
@@ -68,9 +67,9 @@ def main():
   def lib(c_stop, final_eval=True):
     @jax.jit
     def f(v, x0, y, key, k):
-      return _attacks.pgd(lambda z: model.apply(v, z, train=False), x0, y,
-                          key, eps=eps, step_size=eps / 4, num_steps=k,
-                          c_stop=c_stop, final_eval=final_eval)[0]
+      return dynamic_at.pgd(lambda z: model.apply(v, z, train=False), x0, y,
+                            key, eps=eps, step_size=eps / 4, num_steps=k,
+                            c_stop=c_stop, final_eval=final_eval)[0]
     return f
 
   def minimal(final_eval):

@@ -32,7 +32,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import flops as flops_lib
-from dynamic_at import _attacks
+import dynamic_at
 from dynamic_at import models
 from dynamic_at import parallel
 from dynamic_at import train
@@ -105,8 +105,8 @@ def eval_rows(args, torch, tr):
   @jax.jit
   def jax_eval(variables, x, y, key):
     logits_fn = lambda z: model.apply(variables, z, train=False)
-    x_adv, _ = _attacks.pgd(logits_fn, x, y, key, eps=eps, step_size=eps / 4,
-                            num_steps=args.eval_steps)
+    x_adv, _ = dynamic_at.pgd(logits_fn, x, y, key, eps=eps, step_size=eps / 4,
+                              num_steps=args.eval_steps)
     return jnp.mean(jnp.argmax(logits_fn(x_adv), -1) == y)
 
   dev = args.torch_device

@@ -350,17 +350,23 @@ def _raw_files_hint(name: str) -> str:
           f'data_batch_1..5.bin and {_CIFAR_TEST})')
 
 
+# How the TFDS errors name the raw-files argument (a caller with its own name
+# for it, such as a command-line flag, may replace this text).
+DATA_DIR_ARGUMENT = 'load_dataset(data_dir=...)'
+
+
 def load_tfds(name: str, split: str,
               data_dir: Optional[PathLike] = None) -> Dataset:
   """Loads a prepared TFDS dataset through ``tfds.data_source``.
 
   Never downloads: if the dataset is not prepared (in array_record format)
   under ``data_dir`` (TFDS's own data dir; default ~/tensorflow_datasets),
-  raises DataError telling the user to pass ``--data_dir`` with raw files.
+  raises DataError telling the user to pass :func:`load_dataset` a
+  ``data_dir`` with the raw files (its text holds :data:`DATA_DIR_ARGUMENT`).
   """
   _check_name(name)
-  hint = (f'Pass --data_dir pointing at a folder holding '
-          f'{_raw_files_hint(name)} to read the raw files instead.')
+  hint = (f'To read the raw files instead, pass {DATA_DIR_ARGUMENT} a folder '
+          f'holding {_raw_files_hint(name)}.')
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except Exception as e:  # ImportError, or a broken install.

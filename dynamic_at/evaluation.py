@@ -1,5 +1,7 @@
 """Robustness evaluation: white-box and black-box (transfer) accuracy under the
-paper's attacks, sanity checks against gradient masking, and result files.
+paper's attacks and sanity checks against gradient masking; the functions
+return plain dicts and lists (writing them to files is the caller's job, e.g.
+``experiments.reporting``).
 
 Wang et al. (ICML 2019) report, for every defence, the accuracy on clean test
 images and under FGSM, PGD-10, PGD-20 and CW-inf (Table 1 white-box; Table 2
@@ -18,9 +20,7 @@ This module never reads absl flags; every function takes explicit arguments.
 """
 
 import functools
-import json
 import math
-import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -31,7 +31,6 @@ from jax.sharding import Mesh
 
 from dynamic_at import _apgd
 from dynamic_at import _attacks
-from dynamic_at import files
 from dynamic_at import parallel
 
 ApplyFn = Callable[..., jax.Array]
@@ -66,7 +65,8 @@ _ATTACK_FNS = {
     'apgd_t': _apgd_t,
 }
 
-_DISPLAY_NAMES = {
+# How reports and warnings name each attack.
+DISPLAY_NAMES = {
     'clean': 'Clean',
     'fgsm': 'FGSM',
     'pgd10': 'PGD-10',
@@ -340,9 +340,8 @@ def sanity_warnings(results: Mapping[str, Any], *,
     gradient masking.
 
   Args:
-    results: :func:`evaluate`'s result or the dict given to
-      :func:`write_results` (keys ``'white_box'`` and optionally
-      ``'black_box'``).
+    results: :func:`evaluate`'s result or a dict with its keys
+      ``'white_box'`` and optionally ``'black_box'``.
     eps_one_accuracy: the PGD-20 accuracy at ``eps = 1``, if measured.
     tolerance: accuracy points an ordering may be violated by.
 
@@ -354,7 +353,7 @@ def sanity_warnings(results: Mapping[str, Any], *,
   black = results.get('black_box') or {}
 
   def name(attack):
-    return _DISPLAY_NAMES.get(attack, attack)
+    return DISPLAY_NAMES.get(attack, attack)
 
   for stronger, weaker in (('pgd20', 'pgd10'), ('pgd10', 'fgsm')):
     if stronger in white and weaker in white:
@@ -387,105 +386,3 @@ def sanity_warnings(results: Mapping[str, Any], *,
         ' so it should be ~0; suspect gradient masking (unless the model '
         'ignores its input).')
   return out
-
-
-def _columns(white: Mapping[str, float],
-             black: Mapping[str, float]) -> List[str]:
-  order = list(STRONG_ATTACKS) + [WORST_CASE]
-  names = list(white) + [a for a in black if a not in white]
-  return sorted(names, key=lambda a: (order.index(a) if a in order
-                                      else len(order), a))
-
-
-def results_markdown(results: Mapping[str, Any], *, title: str) -> str:
-  """A markdown table of the accuracies: rows white-box / black-box, columns
-  the attacks (2 decimals), then the number of evaluation examples, the
-  training time (``wall_time_s``, the run's own, possibly on other devices),
-  the evaluation time (``eval_wall_time_s``) and the evaluation's devices.
-
-  Args:
-    results: :func:`evaluate`'s result or the dict given to
-      :func:`write_results`.
-    title: the heading.
-
-  Returns:
-    Markdown text ending with a newline.
-  """
-  white = results.get('white_box') or {}
-  black = results.get('black_box')
-  cols = _columns(white, black or {})
-
-  def row(label, accs):
-    cells = [f'{float(accs[c]):.2f}' if c in accs and accs[c] is not None
-             else '-' for c in cols]
-    return f'| {label} | ' + ' | '.join(cells) + ' |'
-
-  lines = [f'## {title}', '',
-           '| accuracy (%) | ' + ' | '.join(
-               _DISPLAY_NAMES.get(c, c) for c in cols) + ' |',
-           '|---|' + '---:|' * len(cols),
-           row('white-box', white)]
-  if black is not None:
-    lines.append(row('black-box', black))
-  lines += ['', f'Evaluated on {results.get("num_eval_examples", "?")} '
-            'examples.']
-  if results.get('wall_time_s') is not None:
-    lines.append('Training time (as the run recorded it): '
-                 f'{float(results["wall_time_s"]):.1f} s.')
-  if results.get('eval_wall_time_s') is not None:
-    lines.append(f'Evaluation time: {float(results["eval_wall_time_s"]):.1f} '
-                 's.')
-  if results.get('devices') is not None:
-    lines.append(f'Evaluated on: {results["devices"]}.')
-  return '\n'.join(lines) + '\n'
-
-
-def _jsonable(obj: Any) -> Any:
-  """Plain-JSON copy: numpy/jax values to Python, ``per_example`` dropped,
-  non-finite floats as strings (``'nan'``, ``'inf'``, ``'-inf'``)."""
-  if isinstance(obj, Mapping):
-    return {str(k): _jsonable(v) for k, v in obj.items()
-            if k != 'per_example'}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  if isinstance(obj, jax.Array):
-    obj = np.asarray(obj)
-  if isinstance(obj, np.ndarray):
-    return _jsonable(obj.tolist())
-  if isinstance(obj, np.generic):
-    obj = obj.item()
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return str(obj)
-  if obj is None or isinstance(obj, (bool, int, float, str)):
-    return obj
-  return str(obj)
-
-
-def write_results(path_json: 'os.PathLike[str] | str',
-                  results_dict: Mapping[str, Any]) -> Tuple[str, str]:
-  """Writes the results as JSON and as a markdown table beside it.
-
-  Both files are written atomically (a temporary file in the same folder,
-  then ``os.replace``), so a reader never sees a half-written file and an
-  existing file is replaced whole. Numpy and JAX values are converted to
-  Python ones; ``'per_example'`` entries (at any depth) are left out. Call it
-  from one process only.
-
-  Args:
-    path_json: where the JSON goes; the markdown gets the same stem and
-      ``.md``.
-    results_dict: e.g. ``{'dataset', 'method', 'white_box', 'black_box',
-      'num_eval_examples', 'flags', 'wall_time_s', 'devices'}``.
-
-  Returns:
-    ``(json_path, markdown_path)``.
-  """
-  path_json = os.fspath(path_json)
-  clean = _jsonable(results_dict)
-  path_md = os.path.splitext(path_json)[0] + '.md'
-  title_parts = [str(clean[k]) for k in ('dataset', 'method') if clean.get(k)]
-  title = (' / '.join(title_parts) if title_parts else
-           os.path.splitext(os.path.basename(path_json))[0])
-  files.atomic_write_text(path_json, json.dumps(clean, indent=2, sort_keys=True) + '\n')
-  files.atomic_write_text(path_md, results_markdown(clean, title=title))
-  return path_json, path_md

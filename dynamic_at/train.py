@@ -9,6 +9,12 @@ Methods (Wang et al., ICML 2019, Section 5):
   (:func:`curriculum_num_steps`, decided per epoch outside the compiled step).
 * ``dynamic``: PGD-K with FOSC control at ``c_t = fosc_threshold(t, c_max, T')``.
 
+Each schedule is one function here, used both by training and by whoever
+reports it: Dynamic's ``c_t`` (:func:`dynamic_at.fosc_threshold`, via
+:func:`attack_params_for_epoch`), Curriculum's k (:func:`curriculum_num_steps`),
+the eps warm-up (:func:`warmup_eps`) and the learning rate
+(:func:`learning_rate_schedule`, the schedule :func:`make_optimizer` uses).
+
 Standard, curriculum and dynamic share one compiled step: they differ only in
 the traced :class:`AttackParams` (``num_steps``, ``c_stop``), so changing K or
 ``c_t`` between epochs never recompiles.
@@ -95,6 +101,15 @@ def attack_params_for_epoch(method: str, epoch: int, *, eps: float,
   raise ValueError(f'method must be one of {METHODS}; got {method!r}')
 
 
+def warmup_eps(epoch: int, eps: float, warmup_epochs: int = 0) -> float:
+  """The eps of ``epoch`` (from 0) under a linear warm-up: ``eps * (epoch +
+  1) / warmup_epochs`` for the first ``warmup_epochs`` epochs, then ``eps``
+  (``warmup_epochs`` 0: ``eps`` throughout)."""
+  if warmup_epochs and epoch < warmup_epochs:
+    return eps * (epoch + 1) / warmup_epochs
+  return eps
+
+
 def curriculum_num_steps(current: int, adv_accuracy: float, *,
                          threshold: float, max_steps: int) -> int:
   """Cai et al.'s curriculum: one more PGD step once the training accuracy on
@@ -104,18 +119,15 @@ def curriculum_num_steps(current: int, adv_accuracy: float, *,
   return current
 
 
-def make_optimizer(*, learning_rate: float, momentum: float,
-                   weight_decay: float, steps_per_epoch: int,
-                   lr_drop_epochs: Tuple[int, ...] = (),
-                   lr_drop_factor: float = 0.1,
-                   keras_decay: float = 0.0) -> optax.GradientTransformation:
-  """SGD with momentum, L2 weight decay and a piecewise-constant schedule.
+def learning_rate_schedule(learning_rate: float, *, steps_per_epoch: int,
+                           lr_drop_epochs: Tuple[int, ...] = (),
+                           lr_drop_factor: float = 0.1,
+                           keras_decay: float = 0.0) -> optax.Schedule:
+  """The learning rate of each optimiser step (the schedule
+  :func:`make_optimizer` trains with).
 
   Args:
     learning_rate: initial learning rate.
-    momentum: SGD momentum.
-    weight_decay: coefficient of the decoupled-into-gradient L2 term
-      (``grad + wd * param``, as PyTorch's and Keras' SGD ``weight_decay``).
     steps_per_epoch: optimiser steps per epoch.
     lr_drop_epochs: epochs at whose start the rate is multiplied by
       ``lr_drop_factor`` (paper: MNIST 20, 40; CIFAR-10 60, 100).
@@ -125,7 +137,10 @@ def make_optimizer(*, learning_rate: float, momentum: float,
       default; the paper's text uses weight decay instead.
 
   Returns:
-    An optax transformation.
+    An optax schedule ``f(step) -> rate``; the optimiser calls it with its
+    int32 step count (from 0), so ``f(jnp.int32(i))`` is the rate of the
+    update that makes step ``i + 1``, exactly as training computes it
+    (float32).
   """
   schedule = optax.piecewise_constant_schedule(
       learning_rate,
@@ -133,6 +148,30 @@ def make_optimizer(*, learning_rate: float, momentum: float,
   if keras_decay:
     piecewise = schedule
     schedule = lambda i: piecewise(i) / (1.0 + keras_decay * i)
+  return schedule
+
+
+def make_optimizer(*, learning_rate: float, momentum: float,
+                   weight_decay: float, steps_per_epoch: int,
+                   lr_drop_epochs: Tuple[int, ...] = (),
+                   lr_drop_factor: float = 0.1,
+                   keras_decay: float = 0.0) -> optax.GradientTransformation:
+  """SGD with momentum, L2 weight decay and :func:`learning_rate_schedule`.
+
+  Args:
+    learning_rate, steps_per_epoch, lr_drop_epochs, lr_drop_factor,
+    keras_decay: the schedule's (see :func:`learning_rate_schedule`).
+    momentum: SGD momentum.
+    weight_decay: coefficient of the decoupled-into-gradient L2 term
+      (``grad + wd * param``, as PyTorch's and Keras' SGD ``weight_decay``).
+
+  Returns:
+    An optax transformation.
+  """
+  schedule = learning_rate_schedule(
+      learning_rate, steps_per_epoch=steps_per_epoch,
+      lr_drop_epochs=lr_drop_epochs, lr_drop_factor=lr_drop_factor,
+      keras_decay=keras_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay) if weight_decay else
       optax.identity(),

@@ -73,17 +73,16 @@ from experiments.config import set_dataset_defaults
 from experiments.config import validate_config
 from experiments.config import validate_devices
 from experiments.inputs import load_data
-from experiments.outputs import _atomic_write_text
-from experiments.outputs import _devices_description
-from experiments.outputs import _is_main_process
-from experiments.outputs import _loud
-from experiments.outputs import _print
+from experiments.outputs import devices_description
+from experiments.outputs import is_main_process
+from experiments.outputs import print_loud
+from experiments.outputs import print_main
 from experiments.outputs import read_metrics
 from experiments.reporting import evaluate_and_report
 from experiments.reporting import make_figures
 from experiments.reporting import restore_source
 from experiments.training import TrainingDivergedError
-from experiments.training import _chance_warning
+from experiments.training import chance_warning
 from experiments.training import train_loop
 
 # The errors the mains report as one line (they name the flag or file).
@@ -116,10 +115,10 @@ def prepare(config: Config, lock: Optional[workdir_lock.WorkdirLock] = None
   check_workdir_writable(config.workdir)
   if lock is not None:
     take_lock(lock)
-  if _is_main_process():
-    _atomic_write_text(os.path.join(config.workdir, FLAGS_FILE),
-                       json.dumps(config.to_dict(), indent=2, sort_keys=True)
-                       + '\n')
+  if is_main_process():
+    files.atomic_write_text(
+        os.path.join(config.workdir, FLAGS_FILE),
+        json.dumps(config.to_dict(), indent=2, sort_keys=True) + '\n')
   return train_ds, test_ds
 
 
@@ -131,16 +130,16 @@ def run(config: Config) -> Optional[Dict[str, Any]]:
     (``--stop_after_steps``).
   """
   initialize_multihost(config)
-  lock = workdir_lock.WorkdirLock(config.workdir, primary=_is_main_process())
+  lock = workdir_lock.WorkdirLock(config.workdir, primary=is_main_process())
   try:
     train_ds, test_ds = prepare(config, lock)
-    _print(f'Devices: {_devices_description()}; workdir {config.workdir}')
+    print_main(f'Devices: {devices_description()}; workdir {config.workdir}')
     result = train_loop(config, train_ds=train_ds, test_ds=test_ds)
     if not result.finished:
       return None
     rows = read_metrics(config.workdir)
     if rows:
-      _chance_warning(config, rows[-1], 'at the end of training')
+      chance_warning(config, rows[-1], 'at the end of training')
     make_figures(config)
     meta = {'train_time_s': result.train_time_s,
             'train_data_source': train_ds.source,
@@ -156,9 +155,9 @@ def take_lock(lock: workdir_lock.WorkdirLock) -> None:
   """Acquires ``lock``, warning loudly if it took over a stale one."""
   lock.acquire()
   if lock.stale is not None:
-    _loud(f'WARNING: {lock.path} was left by {lock.stale.describe()}, which '
-          'is no longer running (killed?); taking it over. That run\'s '
-          'newest checkpoint is where this one resumes.')
+    print_loud(f'WARNING: {lock.path} was left by {lock.stale.describe()}, '
+               'which is no longer running (killed?); taking it over. That '
+               'run\'s newest checkpoint is where this one resumes.')
 
 
 def main_with_args(argv: Sequence[str], dataset: str) -> Any:

@@ -15,8 +15,8 @@ import numpy as np
 from dynamic_at import data
 from experiments.config import Config
 from experiments.config import ConfigError
-from experiments.outputs import _loud
-from experiments.outputs import _print
+from experiments.outputs import print_loud
+from experiments.outputs import print_main
 
 # --------------------------------------------------------------------------
 # Data
@@ -35,6 +35,19 @@ def _first(ds: data.Dataset, n: int, flag: str) -> data.Dataset:
       source=f'{ds.source}, first {n} of {ds.num_examples}')
 
 
+def _load_split(config: Config, split: str) -> data.Dataset:
+  """``data.load_dataset`` of ``split``; its errors name the flag
+  ``--data_dir`` where the library names its argument."""
+  try:
+    return data.load_dataset(config.dataset, split, config.data_dir)
+  except data.DataError as e:
+    message = str(e)
+    if data.DATA_DIR_ARGUMENT not in message:
+      raise
+    raise data.DataError(
+        message.replace(data.DATA_DIR_ARGUMENT, '--data_dir')) from e
+
+
 def load_data(config: Config) -> Tuple[data.Dataset, data.Dataset]:
   """Loads the train and test splits and prints loudly what was loaded.
 
@@ -42,32 +55,31 @@ def load_data(config: Config) -> Tuple[data.Dataset, data.Dataset]:
     data.DataError: missing or corrupt files (the message names the file).
     ConfigError: a subset larger than the split.
   """
-  train_ds = _first(data.load_dataset(config.dataset, 'train',
-                                      config.data_dir),
-                    config.num_train_examples, 'num_train_examples')
+  train_ds = _first(_load_split(config, 'train'), config.num_train_examples,
+                    'num_train_examples')
   test_ds = load_test_data(config, announce=False)
   if config.batch_size > train_ds.num_examples:
     raise ConfigError(f'--batch_size={config.batch_size} is larger than the '
                       f'{train_ds.num_examples} training examples '
                       '(--num_train_examples).')
-  _print(f'Training data: {train_ds.num_examples:,} examples from '
-         f'{train_ds.source}')
-  _print(f'Test data: {test_ds.num_examples:,} examples from '
-         f'{test_ds.source}')
+  print_main(f'Training data: {train_ds.num_examples:,} examples from '
+             f'{train_ds.source}')
+  print_main(f'Test data: {test_ds.num_examples:,} examples from '
+             f'{test_ds.source}')
   warning = data.dataset_warning(train_ds)
   if warning:
-    _loud(warning)
+    print_loud(warning)
   return train_ds, test_ds
 
 
 def load_test_data(config: Config, *, announce: bool = True
                    ) -> data.Dataset:
   """The first ``--num_eval_examples`` test examples (0 = all)."""
-  test_ds = _first(data.load_dataset(config.dataset, 'test', config.data_dir),
-                   config.num_eval_examples, 'num_eval_examples')
+  test_ds = _first(_load_split(config, 'test'), config.num_eval_examples,
+                   'num_eval_examples')
   if announce:
-    _print(f'Test data: {test_ds.num_examples:,} examples from '
-           f'{test_ds.source}')
+    print_main(f'Test data: {test_ds.num_examples:,} examples from '
+               f'{test_ds.source}')
   return test_ds
 
 

@@ -1,7 +1,7 @@
 """Output helpers of the experiment mains.
 
-Printing on the main process only (:func:`_print`, and :func:`_loud` for
-warnings), atomic file writes, the run's ``metrics.jsonl`` and one-transfer
+Printing on the main process only (:func:`print_main`, and :func:`print_loud`
+for warnings), atomic file writes, the run's ``metrics.jsonl`` and one-transfer
 fetches of (possibly multi-host) arrays.
 """
 
@@ -22,25 +22,27 @@ from experiments.config import METRICS_FILE
 # --------------------------------------------------------------------------
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+  """Whether this is process 0 (the one that prints and writes files)."""
   return jax.process_index() == 0
 
 
-def _print(message: str) -> None:
-  if _is_main_process():
+def print_main(message: str) -> None:
+  """Prints ``message`` to stdout on the main process."""
+  if is_main_process():
     print(message, flush=True)
 
 
-def _loud(message: str) -> None:
-  if _is_main_process():
+def print_loud(message: str) -> None:
+  """Prints ``message`` between bars of '!' to stderr on the main process
+  (warnings)."""
+  if is_main_process():
     bar = '!' * 78
     print(f'\n{bar}\n{message}\n{bar}\n', file=sys.stderr, flush=True)
 
 
-_atomic_write_text = files.atomic_write_text
-
-
-def _atomic_save_npy(path: str, array: np.ndarray) -> None:
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
+  """``np.save`` to ``path`` atomically."""
   files.atomic_write(path, lambda f: np.save(f, array), binary=True)
 
 
@@ -53,30 +55,31 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def _truncate_metrics(workdir: str, first_epoch: int) -> None:
+def truncate_metrics(workdir: str, first_epoch: int) -> None:
   """Drops rows of epochs >= ``first_epoch`` (re-done after a resume)."""
   rows = read_metrics(workdir)
   kept = [r for r in rows if r.get('epoch', -1) < first_epoch]
   if len(kept) != len(rows):
-    _atomic_write_text(os.path.join(workdir, METRICS_FILE),
-                       ''.join(json.dumps(r) + '\n' for r in kept))
+    files.atomic_write_text(os.path.join(workdir, METRICS_FILE),
+                            ''.join(json.dumps(r) + '\n' for r in kept))
 
 
-def _append_metrics(workdir: str, row: Mapping[str, Any]) -> None:
+def append_metrics(workdir: str, row: Mapping[str, Any]) -> None:
   """Adds ``row`` to ``metrics.jsonl`` by rewriting it atomically (a failed
   write leaves the previous rows intact, never a half line)."""
   rows = read_metrics(workdir) + [dict(row)]
-  _atomic_write_text(os.path.join(workdir, METRICS_FILE),
-                     ''.join(json.dumps(r) + '\n' for r in rows))
+  files.atomic_write_text(os.path.join(workdir, METRICS_FILE),
+                          ''.join(json.dumps(r) + '\n' for r in rows))
 
 
-def _devices_description() -> str:
+def devices_description() -> str:
+  """E.g. ``'1 x cpu (cpu), 1 process(es)'``."""
   d = jax.devices()[0]
   return (f'{jax.device_count()} x {d.platform} ({d.device_kind}), '
           f'{jax.process_count()} process(es)')
 
 
-def _to_host(tree: Any) -> Any:
+def to_host(tree: Any) -> Any:
   """One transfer of a pytree of (possibly multi-host) arrays to numpy."""
   if jax.process_count() == 1:
     return jax.device_get(tree)

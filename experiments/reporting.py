@@ -4,10 +4,11 @@
 ``training_curves.png`` from the workdir; :func:`restore_model` restores a
 run's newest checkpoint (with its saved :class:`~experiments.config.Config`)
 and :func:`evaluate_and_report` attacks it and writes ``results.json`` /
-``results.md``.
+``results.md`` (:func:`write_results`).
 """
 
 import json
+import math
 import os
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -18,6 +19,7 @@ import numpy as np
 from dynamic_at import checkpoint
 from dynamic_at import data
 from dynamic_at import evaluation
+from dynamic_at import files
 from dynamic_at import parallel
 from dynamic_at import train
 from experiments.config import ATTACK_SETS
@@ -28,15 +30,15 @@ from experiments.config import FLAGS_FILE
 from experiments.config import FOSC_DIR
 from experiments.config import IMAGE_SHAPES
 from experiments.config import RESULTS_FILE
-from experiments.outputs import _devices_description
-from experiments.outputs import _is_main_process
-from experiments.outputs import _loud
-from experiments.outputs import _print
+from experiments.outputs import devices_description
+from experiments.outputs import is_main_process
+from experiments.outputs import print_loud
+from experiments.outputs import print_main
 from experiments.outputs import read_metrics
-from experiments.training import _EVAL_KEY
-from experiments.training import _eval_batch_size
-from experiments.training import _variables
+from experiments.training import EVAL_KEY
+from experiments.training import evaluation_batch_size
 from experiments.training import initial_state
+from experiments.training import model_variables
 
 # How many test examples the eps = 1 gradient-masking check uses.
 EPS_ONE_EXAMPLES = 1000
@@ -48,7 +50,7 @@ EPS_ONE_EXAMPLES = 1000
 
 def make_figures(config: Config) -> List[str]:
   """Writes ``fosc_histograms.png`` and ``training_curves.png``."""
-  if not _is_main_process():
+  if not is_main_process():
     return []
   from dynamic_at import plots  # pylint: disable=g-import-not-at-top
   written = []
@@ -71,8 +73,116 @@ def make_figures(config: Config) -> List[str]:
           fosc_by_epoch, os.path.join(config.workdir, 'fosc_histograms.png'),
           title=f'FOSC of training adversarial examples ({title})'))
   for path in written:
-    _print(f'Wrote {path}')
+    print_main(f'Wrote {path}')
   return written
+
+
+# --------------------------------------------------------------------------
+# Result files
+# --------------------------------------------------------------------------
+
+
+def _columns(white: Mapping[str, float],
+             black: Mapping[str, float]) -> List[str]:
+  order = list(evaluation.STRONG_ATTACKS) + [evaluation.WORST_CASE]
+  names = list(white) + [a for a in black if a not in white]
+  return sorted(names, key=lambda a: (order.index(a) if a in order
+                                      else len(order), a))
+
+
+def results_markdown(results: Mapping[str, Any], *, title: str) -> str:
+  """A markdown table of the accuracies: rows white-box / black-box, columns
+  the attacks (2 decimals), then the number of evaluation examples, the
+  training time (``wall_time_s``, the run's own, possibly on other devices),
+  the evaluation time (``eval_wall_time_s``) and the evaluation's devices.
+
+  Args:
+    results: :func:`dynamic_at.evaluation.evaluate`'s result or the dict
+      given to :func:`write_results`.
+    title: the heading.
+
+  Returns:
+    Markdown text ending with a newline.
+  """
+  white = results.get('white_box') or {}
+  black = results.get('black_box')
+  cols = _columns(white, black or {})
+
+  def row(label, accs):
+    cells = [f'{float(accs[c]):.2f}' if c in accs and accs[c] is not None
+             else '-' for c in cols]
+    return f'| {label} | ' + ' | '.join(cells) + ' |'
+
+  lines = [f'## {title}', '',
+           '| accuracy (%) | ' + ' | '.join(
+               evaluation.DISPLAY_NAMES.get(c, c) for c in cols) + ' |',
+           '|---|' + '---:|' * len(cols),
+           row('white-box', white)]
+  if black is not None:
+    lines.append(row('black-box', black))
+  lines += ['', f'Evaluated on {results.get("num_eval_examples", "?")} '
+            'examples.']
+  if results.get('wall_time_s') is not None:
+    lines.append('Training time (as the run recorded it): '
+                 f'{float(results["wall_time_s"]):.1f} s.')
+  if results.get('eval_wall_time_s') is not None:
+    lines.append(f'Evaluation time: {float(results["eval_wall_time_s"]):.1f} '
+                 's.')
+  if results.get('devices') is not None:
+    lines.append(f'Evaluated on: {results["devices"]}.')
+  return '\n'.join(lines) + '\n'
+
+
+def _jsonable(obj: Any) -> Any:
+  """Plain-JSON copy: numpy/jax values to Python, ``per_example`` dropped,
+  non-finite floats as strings (``'nan'``, ``'inf'``, ``'-inf'``)."""
+  if isinstance(obj, Mapping):
+    return {str(k): _jsonable(v) for k, v in obj.items()
+            if k != 'per_example'}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, jax.Array):
+    obj = np.asarray(obj)
+  if isinstance(obj, np.ndarray):
+    return _jsonable(obj.tolist())
+  if isinstance(obj, np.generic):
+    obj = obj.item()
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return str(obj)
+  if obj is None or isinstance(obj, (bool, int, float, str)):
+    return obj
+  return str(obj)
+
+
+def write_results(path_json: 'os.PathLike[str] | str',
+                  results_dict: Mapping[str, Any]) -> Tuple[str, str]:
+  """Writes the results as JSON and as a markdown table beside it.
+
+  Both files are written atomically (a temporary file in the same folder,
+  then ``os.replace``), so a reader never sees a half-written file and an
+  existing file is replaced whole. Numpy and JAX values are converted to
+  Python ones; ``'per_example'`` entries (at any depth) are left out. Call it
+  from one process only.
+
+  Args:
+    path_json: where the JSON goes; the markdown gets the same stem and
+      ``.md``.
+    results_dict: e.g. ``{'dataset', 'method', 'white_box', 'black_box',
+      'num_eval_examples', 'flags', 'wall_time_s', 'devices'}``.
+
+  Returns:
+    ``(json_path, markdown_path)``.
+  """
+  path_json = os.fspath(path_json)
+  clean = _jsonable(results_dict)
+  path_md = os.path.splitext(path_json)[0] + '.md'
+  title_parts = [str(clean[k]) for k in ('dataset', 'method') if clean.get(k)]
+  title = (' / '.join(title_parts) if title_parts else
+           os.path.splitext(os.path.basename(path_json))[0])
+  files.atomic_write_text(path_json,
+                          json.dumps(clean, indent=2, sort_keys=True) + '\n')
+  files.atomic_write_text(path_md, results_markdown(clean, title=title))
+  return path_json, path_md
 
 
 # --------------------------------------------------------------------------
@@ -113,8 +223,9 @@ def restore_model(workdir: str, image_shape: Tuple[int, ...], mesh, *,
     ckpt.close()
   total = config.num_epochs * meta.get('steps_per_epoch', 0)
   if meta.get('step', 0) < total:
-    _loud(f'WARNING: {workdir} is not fully trained (step '
-          f'{meta.get("step")} of {total}); evaluating its newest checkpoint.')
+    print_loud(f'WARNING: {workdir} is not fully trained (step '
+               f'{meta.get("step")} of {total}); evaluating its newest '
+               'checkpoint.')
   return config, state, meta
 
 
@@ -138,25 +249,25 @@ def evaluate_and_report(config: Config, state: train.TrainState,
     The dictionary written to ``results.json``.
   """
   start = time.time()
-  key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_KEY)
-  batch_size = _eval_batch_size(config, test_ds.num_examples)
+  key = jax.random.fold_in(jax.random.key(config.seed), EVAL_KEY)
+  batch_size = evaluation_batch_size(config, test_ds.num_examples)
   src = None
   if source is not None:
-    src = (source[1].apply_fn, _variables(source[1]))
-  _print(f'Evaluating on {test_ds.num_examples:,} test examples '
-         f'(eps={config.eps:.6g}, attacks={config.attacks}'
-         f'{", black-box source " + source[0] if source else ""}) ...')
+    src = (source[1].apply_fn, model_variables(source[1]))
+  print_main(f'Evaluating on {test_ds.num_examples:,} test examples '
+             f'(eps={config.eps:.6g}, attacks={config.attacks}'
+             f'{", black-box source " + source[0] if source else ""}) ...')
   results = evaluation.evaluate(
-      state.apply_fn, _variables(state), test_ds.images, test_ds.labels,
+      state.apply_fn, model_variables(state), test_ds.images, test_ds.labels,
       eps=config.eps, key=key, batch_size=batch_size, mesh=mesh,
       attacks=ATTACK_SETS[config.attacks], source=src)
   n1 = min(EPS_ONE_EXAMPLES, test_ds.num_examples)
   eps_one = evaluation.accuracy_at_eps_one(
-      state.apply_fn, _variables(state), test_ds.images[:n1],
-      test_ds.labels[:n1], key, _eval_batch_size(config, n1), mesh)
+      state.apply_fn, model_variables(state), test_ds.images[:n1],
+      test_ds.labels[:n1], key, evaluation_batch_size(config, n1), mesh)
   warnings = evaluation.sanity_warnings(results, eps_one_accuracy=eps_one)
   for w in warnings:
-    _loud(w)
+    print_loud(w)
   out = {
       'dataset': config.dataset,
       'method': config.method,
@@ -169,16 +280,16 @@ def evaluate_and_report(config: Config, state: train.TrainState,
       'flags': config.to_dict(),
       'wall_time_s': meta.get('train_time_s'),
       'eval_wall_time_s': time.time() - start,
-      'devices': _devices_description(),
+      'devices': devices_description(),
       'data_source': {'train': meta.get('train_data_source'),
                       'test': test_ds.source},
       'num_train_examples': meta.get('num_train_examples'),
       'step': meta.get('step'),
   }
-  if _is_main_process():
-    json_path, _ = evaluation.write_results(
+  if is_main_process():
+    json_path, _ = write_results(
         os.path.join(config.workdir, RESULTS_FILE), out)
-    print(evaluation.results_markdown(
+    print(results_markdown(
         out, title=f'{config.dataset} / {config.method}'), flush=True)
     print(f'Wrote {json_path}', flush=True)
   return out
@@ -213,7 +324,7 @@ def export_weights(workdir: str, path: str) -> str:
           'step': meta.get('step'), 'train_time_s': meta.get('train_time_s'),
           'num_train_examples': meta.get('num_train_examples'),
           'results': results}
-  return weights.save_weights(path, _variables(state), model=config.model,
+  return weights.save_weights(path, model_variables(state), model=config.model,
                               model_kwargs=model_kwargs, info=info)
 
 

@@ -34,19 +34,19 @@ from experiments.config import ConfigError
 from experiments.config import FOSC_DIR
 from experiments.config import TB_DIR
 from experiments.inputs import augment
-from experiments.outputs import _append_metrics
-from experiments.outputs import _atomic_save_npy
-from experiments.outputs import _is_main_process
-from experiments.outputs import _loud
-from experiments.outputs import _print
-from experiments.outputs import _to_host
-from experiments.outputs import _truncate_metrics
+from experiments.outputs import append_metrics
+from experiments.outputs import atomic_save_npy
+from experiments.outputs import is_main_process
+from experiments.outputs import print_loud
+from experiments.outputs import print_main
+from experiments.outputs import to_host
+from experiments.outputs import truncate_metrics
 
 CHANCE_LOSS = math.log(10.0)  # cross-entropy of a uniform 10-class guess
 _CHANCE_TOLERANCE = 0.05
 # fold_in constants of the evaluation keys (from jax.random.key(seed); the
 # training keys come from its split, see run_keys).
-_EVAL_KEY = 1_000_003
+EVAL_KEY = 1_000_003
 _EPOCH_EVAL_KEY = 1_000_033
 
 
@@ -74,42 +74,49 @@ def run_keys(seed: int) -> Tuple[jax.Array, jax.Array]:
   return init_key, train_key
 
 
+def _lr_settings(config: Config, steps_per_epoch: int) -> Dict[str, Any]:
+  """The arguments of :func:`train.learning_rate_schedule` (and of the
+  optimiser's schedule) for a run."""
+  return dict(learning_rate=config.learning_rate,
+              steps_per_epoch=steps_per_epoch,
+              lr_drop_epochs=config.lr_drop_epochs,
+              keras_decay=config.keras_decay)
+
+
 def initial_state(config: Config, input_shape: Tuple[int, ...],
                   steps_per_epoch: int) -> train.TrainState:
   """A fresh (unplaced) train state with the run's optimiser."""
   tx = train.make_optimizer(
-      learning_rate=config.learning_rate, momentum=config.momentum,
-      weight_decay=config.weight_decay, steps_per_epoch=steps_per_epoch,
-      lr_drop_epochs=config.lr_drop_epochs, keras_decay=config.keras_decay)
+      momentum=config.momentum, weight_decay=config.weight_decay,
+      **_lr_settings(config, steps_per_epoch))
   init_key, _ = run_keys(config.seed)
   state = train.create_train_state(build_model(config), init_key, input_shape,
                                    tx)
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def learning_rate(config: Config, epoch: int, step: int) -> float:
-  """The rate :func:`train.make_optimizer`'s schedule gives at ``step``."""
-  lr = config.learning_rate * 0.1 ** sum(epoch >= e
-                                         for e in config.lr_drop_epochs)
-  return lr / (1.0 + config.keras_decay * step)
-
-
-def epoch_eps(config: Config, epoch: int) -> float:
-  """Eps of ``epoch``: ramped over ``--eps_warmup_epochs``, then ``--eps``."""
-  if config.eps_warmup_epochs and epoch < config.eps_warmup_epochs:
-    return config.eps * (epoch + 1) / config.eps_warmup_epochs
-  return config.eps
+def learning_rate_schedule(config: Config, steps_per_epoch: int):
+  """The optax schedule the run's optimiser (:func:`initial_state`) uses."""
+  return train.learning_rate_schedule(**_lr_settings(config, steps_per_epoch))
 
 
 def epoch_attack_params(config: Config, epoch: int,
                         curriculum_k: int) -> train.AttackParams:
-  """The traced attack settings of ``epoch`` (step size scaled with eps)."""
-  eps = epoch_eps(config, epoch)
+  """The traced attack settings of ``epoch``: eps ramped over
+  ``--eps_warmup_epochs`` (:func:`train.warmup_eps`), the step size scaled
+  with it."""
+  eps = train.warmup_eps(epoch, config.eps, config.eps_warmup_epochs)
   return train.attack_params_for_epoch(
       config.method, epoch, eps=eps,
       step_size=config.step_size * eps / config.eps,
       num_steps=config.num_steps, c_max=config.c_max, t_prime=config.t_prime,
       curriculum_steps=curriculum_k)
+
+
+def _float32_value(x: Any) -> float:
+  """A float32 the training step used, logged as the shortest decimal that
+  reads back as the same float32 (0.01, not 0.009999999776482582)."""
+  return float(str(np.float32(x)))
 
 
 # The step metrics the loop fetches (the others are not computed).
@@ -214,7 +221,8 @@ class Run:
 # --------------------------------------------------------------------------
 
 
-def _variables(state: train.TrainState) -> Dict[str, Any]:
+def model_variables(state: train.TrainState) -> Dict[str, Any]:
+  """The model's ``{'params', 'batch_stats'}`` of ``state``."""
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
@@ -241,13 +249,14 @@ def restore_or_init(run: Run, template: train.TrainState
           'training data change? --data_dir points at '
           f'{run.config.data_dir!r}).')
   for step, moved_to, error in run.ckpt.moved_aside:
-    _loud(f'WARNING: checkpoint step {step} in {run.ckpt.directory} could not '
-          f'be read ({error}); it was moved aside to {moved_to} (not deleted) '
-          f'and the run resumes from the older step {meta.get("step")}.')
+    print_loud(f'WARNING: checkpoint step {step} in {run.ckpt.directory} '
+               f'could not be read ({error}); it was moved aside to {moved_to} '
+               '(not deleted) and the run resumes from the older step '
+               f'{meta.get("step")}.')
   progress = Progress.from_meta(meta, arrays['fosc'])
-  _print(f'Resuming from step {progress.step} (epoch '
-         f'{progress.step // run.steps_per_epoch}, batch '
-         f'{progress.step % run.steps_per_epoch}) in {run.ckpt.directory}')
+  print_main(f'Resuming from step {progress.step} (epoch '
+             f'{progress.step // run.steps_per_epoch}, batch '
+             f'{progress.step % run.steps_per_epoch}) in {run.ckpt.directory}')
   return state, progress
 
 
@@ -269,7 +278,7 @@ def _last_good(run: Run) -> str:
 
 def _save(run: Run, state: train.TrainState, progress: Progress) -> None:
   """Checkpoints ``state`` unless its parameters are no longer finite."""
-  if not bool(_to_host(_all_finite((state.params, state.batch_stats)))):
+  if not bool(to_host(_all_finite((state.params, state.batch_stats)))):
     raise TrainingDivergedError(
         f'the parameters are NaN or infinite after step {progress.step}; '
         f'stopping without saving them. {_last_good(run)} Try a lower '
@@ -288,7 +297,7 @@ def _flush(run: Run, pending: List[Tuple[int, Dict[str, Any]]],
   and folds them into ``progress``. Returns the time of the flush."""
   if not pending:
     return since
-  fetched = _to_host([m for _, m in pending])
+  fetched = to_host([m for _, m in pending])
   batch = run.config.batch_size
   for (index, _), m in zip(pending, fetched):
     loss = float(m['loss'])
@@ -325,16 +334,19 @@ def epoch_row(run: Run, epoch: int, progress: Progress,
   steps per example), ``steps_max`` (most steps of an example),
   ``iters_max`` (most loop iterations a device ran), ``c_t`` (Dynamic's FOSC
   threshold, else ``None``), ``num_steps`` (K, or Curriculum's k), ``eps``,
-  ``step_size``, ``lr`` (at the epoch's start), ``epoch_time_s``,
+  ``step_size``, ``lr`` (at the epoch's first step), ``epoch_time_s``,
   ``train_time_s`` (cumulative); :func:`evaluate_epoch` adds ``test_clean``
   and ``test_pgd20`` (percent) when due.
+
+  ``c_t``, ``num_steps``, ``eps`` and ``step_size`` are those of
+  ``attack_params``, the settings the epoch's steps used, and ``lr`` is the
+  optimiser's own schedule at the epoch's first step; the float32 values are
+  logged as the shortest decimals that read back as them.
   """
   n = max(progress.num_batches, 1)
-  config = run.config
-  eps = epoch_eps(config, epoch)
-  c_t = None
-  if config.method == 'dynamic':
-    c_t = max(config.c_max - epoch * config.c_max / config.t_prime, 0.0)
+  c_stop = float(attack_params.c_stop)
+  lr = learning_rate_schedule(run.config, run.steps_per_epoch)(
+      jnp.int32(epoch * run.steps_per_epoch))
   return {
       'epoch': epoch,
       'step': progress.step,
@@ -343,11 +355,11 @@ def epoch_row(run: Run, epoch: int, progress: Progress,
       'steps_mean': progress.steps_mean_sum / n,
       'steps_max': progress.steps_max,
       'iters_max': progress.iters_max,
-      'c_t': c_t,
+      'c_t': _float32_value(c_stop) if math.isfinite(c_stop) else None,
       'num_steps': int(attack_params.num_steps),
-      'eps': eps,
-      'step_size': config.step_size * eps / config.eps,
-      'lr': learning_rate(config, epoch, epoch * run.steps_per_epoch),
+      'eps': _float32_value(attack_params.eps),
+      'step_size': _float32_value(attack_params.step_size),
+      'lr': _float32_value(lr),
       'epoch_time_s': progress.epoch_time_s,
       'train_time_s': progress.train_time_s,
   }
@@ -358,24 +370,24 @@ def evaluate_epoch(run: Run, state: train.TrainState) -> Dict[str, float]:
   config = run.config
   n = min(config.eval_every_examples, run.test_ds.num_examples)
   res = evaluation.evaluate(
-      state.apply_fn, _variables(state), run.test_ds.images[:n],
+      state.apply_fn, model_variables(state), run.test_ds.images[:n],
       run.test_ds.labels[:n], eps=config.eps,
       key=jax.random.fold_in(jax.random.key(config.seed), _EPOCH_EVAL_KEY),
-      batch_size=_eval_batch_size(config, n), mesh=run.mesh,
+      batch_size=evaluation_batch_size(config, n), mesh=run.mesh,
       attacks=('clean', 'pgd20'))
   return {'test_clean': res['white_box']['clean'],
           'test_pgd20': res['white_box']['pgd20']}
 
 
-def _eval_batch_size(config: Config, n: int) -> int:
+def evaluation_batch_size(config: Config, n: int) -> int:
   """``--eval_batch_size``, or less for fewer examples (still a multiple of
   the device count)."""
   devices = jax.device_count()
   return min(config.eval_batch_size, -(-n // devices) * devices)
 
 
-def _chance_warning(config: Config, row: Mapping[str, Any],
-                    when: str) -> None:
+def chance_warning(config: Config, row: Mapping[str, Any],
+                   when: str) -> None:
   """Warns when the adversarial training loss is at chance level, ln(10).
 
   On MNIST at eps 0.3 this is PGD training's known failure to leave chance
@@ -391,24 +403,24 @@ def _chance_warning(config: Config, row: Mapping[str, Any],
           f'{row["train_loss"]:.4f}, about ln(10) = {CHANCE_LOSS:.4f}: the '
           'model is at chance level')
   if config.dataset == 'mnist':
-    _loud(f'{head} and may be stuck there (a known failure of PGD training '
-          'on MNIST at eps 0.3). Try --eps_warmup_epochs=5 (ramp eps up over '
-          '5 epochs) or a lower --learning_rate.')
+    print_loud(f'{head} and may be stuck there (a known failure of PGD '
+               'training on MNIST at eps 0.3). Try --eps_warmup_epochs=5 (ramp '
+               'eps up over 5 epochs) or a lower --learning_rate.')
   else:
-    _loud(f'{head}. If it is still there after several epochs, try '
-          '--eps_warmup_epochs=5 (ramp eps up over 5 epochs) or a lower '
-          '--learning_rate.')
+    print_loud(f'{head}. If it is still there after several epochs, try '
+               '--eps_warmup_epochs=5 (ramp eps up over 5 epochs) or a lower '
+               '--learning_rate.')
 
 
 def _log_epoch(run: Run, row: Mapping[str, Any], fosc: np.ndarray) -> None:
   """Writes the epoch's row, TensorBoard scalars and FOSC values."""
-  if not _is_main_process():
+  if not is_main_process():
     return
   epoch = row['epoch']
-  _append_metrics(run.config.workdir, row)
+  append_metrics(run.config.workdir, row)
   if run.config.method != 'unsecured':
-    _atomic_save_npy(os.path.join(run.config.workdir, FOSC_DIR,
-                                  f'epoch_{epoch:04d}.npy'), fosc)
+    atomic_save_npy(os.path.join(run.config.workdir, FOSC_DIR,
+                                 f'epoch_{epoch:04d}.npy'), fosc)
   if run.writer is not None:
     for k, v in row.items():
       if k != 'epoch' and isinstance(v, (int, float)) and v is not None:
@@ -418,7 +430,7 @@ def _log_epoch(run: Run, row: Mapping[str, Any], fosc: np.ndarray) -> None:
     run.writer.flush()
   parts = [f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
            for k, v in row.items() if v is not None]
-  _print('epoch summary: ' + ' '.join(parts))
+  print_main('epoch summary: ' + ' '.join(parts))
 
 
 def _end_epoch(run: Run, state: train.TrainState, progress: Progress,
@@ -431,7 +443,7 @@ def _end_epoch(run: Run, state: train.TrainState, progress: Progress,
     row.update(evaluate_epoch(run, state))
   _log_epoch(run, row, progress.fosc)
   if epoch == 0:
-    _chance_warning(config, row, 'after the first epoch')
+    chance_warning(config, row, 'after the first epoch')
   if config.method == 'curriculum':
     progress.curriculum_k = train.curriculum_num_steps(
         progress.curriculum_k, row['train_accuracy'],
@@ -469,7 +481,7 @@ def train_epoch(run: Run, state: train.TrainState, progress: Progress,
   since = time.time()
   bar = tqdm(total=run.steps_per_epoch, initial=skip,
              desc=f'epoch {epoch + 1}/{config.num_epochs}', dynamic_ncols=True,
-             disable=not _is_main_process(), file=sys.stdout)
+             disable=not is_main_process(), file=sys.stdout)
   c_t = float(attack_params.c_stop)
   try:
     for index, local in _epoch_batches(run, epoch, skip):
@@ -527,7 +539,7 @@ def setup(config: Config, *, train_ds: data.Dataset,
       initial_state(config, train_ds.image_shape, steps_per_epoch), mesh)
   step_fn, traces = make_step(config, mesh)
   writer = None
-  if _is_main_process():
+  if is_main_process():
     import tensorboardX  # pylint: disable=g-import-not-at-top
     writer = tensorboardX.SummaryWriter(os.path.join(config.workdir, TB_DIR))
   run = Run(config=config, mesh=mesh, train_ds=train_ds, test_ds=test_ds,
@@ -553,9 +565,9 @@ def train_loop(config: Config, *, train_ds: data.Dataset,
   try:
     with run.stop:
       state, progress = restore_or_init(run, state)
-      if _is_main_process():
-        _truncate_metrics(config.workdir,
-                          progress.step // run.steps_per_epoch)
+      if is_main_process():
+        truncate_metrics(config.workdir,
+                         progress.step // run.steps_per_epoch)
       stop_at = min(config.stop_after_steps or run.total_steps,
                     run.total_steps)
       while progress.step < stop_at and not run.stop.stopped:
@@ -572,13 +584,13 @@ def train_loop(config: Config, *, train_ds: data.Dataset,
           run.stop.signal_name, run.stop.exit_code)
     finished = progress.step >= run.total_steps
     if not finished:
-      _print(f'Stopped at step {progress.step} of {run.total_steps} '
-             '(--stop_after_steps); rerun without it to resume.')
+      print_main(f'Stopped at step {progress.step} of {run.total_steps} '
+                 '(--stop_after_steps); rerun without it to resume.')
   except KeyboardInterrupt:
     run.ckpt.wait_until_finished()
-    _print(f'\nInterrupted. The newest checkpoint is step '
-           f'{run.ckpt.latest_step()} in {run.ckpt.directory}; rerun the same '
-           'command to resume from it.')
+    print_main(f'\nInterrupted. The newest checkpoint is step '
+               f'{run.ckpt.latest_step()} in {run.ckpt.directory}; rerun the '
+               'same command to resume from it.')
     raise
   finally:
     run.ckpt.close()

@@ -43,7 +43,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 from flax import traverse_util  # pylint: disable=g-import-not-at-top
 
-from dynamic_at import _apgd  # pylint: disable=g-import-not-at-top
+import dynamic_at  # pylint: disable=g-import-not-at-top
 from dynamic_at import models  # pylint: disable=g-import-not-at-top
 
 _BN_EPSILON = 1e-5  # models.MnistCNN's BatchNorm epsilon (PyTorch default).
@@ -189,13 +189,13 @@ def main(argv=None):
     return correct
 
   ours_fns = {
-      'APGD-CE': jax.jit(lambda x, y, k: _apgd.apgd(
+      'APGD-CE': jax.jit(lambda x, y, k: dynamic_at.apgd(
           logits_fn, x, y, k, eps=args.eps, num_steps=args.num_steps,
           loss='ce')),
-      'APGD-DLR': jax.jit(lambda x, y, k: _apgd.apgd(
+      'APGD-DLR': jax.jit(lambda x, y, k: dynamic_at.apgd(
           logits_fn, x, y, k, eps=args.eps, num_steps=args.num_steps,
           loss='dlr')),
-      'APGD-T': jax.jit(lambda x, y, k: _apgd.apgd_targeted(
+      'APGD-T': jax.jit(lambda x, y, k: dynamic_at.apgd_targeted(
           logits_fn, x, y, k, eps=args.eps, num_steps=args.num_steps,
           num_targets=args.num_targets)),
   }
@@ -243,7 +243,7 @@ def main(argv=None):
     print(f'{name:<12}{a.mean():>14.2%}{b.mean():>12.2%}'
           f'{np.mean(a == b):>9.2%}{t1 - t0:>9.1f}s{t2 - t1:>8.1f}s',
           flush=True)
-  worst = {side: _apgd.worst_case(r) for side, r in results.items()}
+  worst = {side: dynamic_at.worst_case(r) for side, r in results.items()}
   print(f'{"worst case":<12}{worst["torchattacks"].mean():>14.2%}'
         f'{worst["dynamic_at"].mean():>12.2%}'
         f'{np.mean(worst["torchattacks"] == worst["dynamic_at"]):>9.2%}')

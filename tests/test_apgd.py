@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import dynamic_at as dat
-from dynamic_at import _apgd
 from tests import tiny_mlp
 
 _SHAPE = tiny_mlp.SHAPE
@@ -25,16 +24,16 @@ _data = tiny_mlp.data
                                               'random_start'))
 def _apgd_mlp(params, x0, y, key, eps, target=None, num_steps=20, loss='ce',
               random_start=True):
-  return _apgd.apgd(functools.partial(_mlp, params), x0, y, key, eps=eps,
-                    num_steps=num_steps, loss=loss, target_class=target,
-                    random_start=random_start)
+  return dat.apgd(functools.partial(_mlp, params), x0, y, key, eps=eps,
+                  num_steps=num_steps, loss=loss, target_class=target,
+                  random_start=random_start)
 
 
 @functools.partial(jax.jit, static_argnames=('num_steps', 'num_targets'))
 def _apgd_t_mlp(params, x0, y, key, eps, num_steps=20, num_targets=4):
-  return _apgd.apgd_targeted(functools.partial(_mlp, params), x0, y, key,
-                             eps=eps, num_steps=num_steps,
-                             num_targets=num_targets)
+  return dat.apgd_targeted(functools.partial(_mlp, params), x0, y, key,
+                           eps=eps, num_steps=num_steps,
+                           num_targets=num_targets)
 
 
 def _wrong(params, x, y):
@@ -47,17 +46,17 @@ def test_dlr_losses_by_hand():
   y = jnp.array([0, 2])
   # Row 0: y top, runner-up 2, pi1 - pi3 = 4 - 1.  Row 1: z_y = 0, best other
   # 3, pi1 - pi3 = 3 - 1.
-  np.testing.assert_allclose(_apgd.dlr_loss(logits, y),
+  np.testing.assert_allclose(dat.dlr_loss(logits, y),
                              [-(4 - 2) / 3, -(0 - 3) / 2], rtol=1e-6)
   t = jnp.array([4, 3])
   # Row 0: -(4 - (-1)) / (4 - (1 + 0) / 2).  Row 1: -(0 - 2) / (3 - (1 + .5)/2).
-  np.testing.assert_allclose(_apgd.dlr_targeted_loss(logits, y, t),
+  np.testing.assert_allclose(dat.dlr_targeted_loss(logits, y, t),
                              [-5 / 3.5, 2 / 2.25], rtol=1e-6)
   # Invariant to shifting and positive scaling of the logits.
-  np.testing.assert_allclose(_apgd.dlr_loss(3.0 * logits + 7.0, y),
-                             _apgd.dlr_loss(logits, y), rtol=1e-5)
-  np.testing.assert_allclose(_apgd.dlr_targeted_loss(2.0 * logits - 1.0, y, t),
-                             _apgd.dlr_targeted_loss(logits, y, t), rtol=1e-5)
+  np.testing.assert_allclose(dat.dlr_loss(3.0 * logits + 7.0, y),
+                             dat.dlr_loss(logits, y), rtol=1e-5)
+  np.testing.assert_allclose(dat.dlr_targeted_loss(2.0 * logits - 1.0, y, t),
+                             dat.dlr_targeted_loss(logits, y, t), rtol=1e-5)
 
 
 def test_checkpoint_schedule():
@@ -69,12 +68,12 @@ def test_checkpoint_schedule():
   # round(): 0.57 * 100 is 57.00000000000001 in floating point.
   paper = tuple(math.ceil(round(q * 100, 9)) for q in p)
   assert paper == (0, 22, 41, 57, 70, 80, 87, 93, 99)
-  assert _apgd.apgd_checkpoints(100) == paper
+  assert dat.apgd_checkpoints(100) == paper
   # The reference code's integer schedule for other N.
-  assert _apgd.apgd_checkpoints(1000) == tuple(10 * w for w in paper)
-  assert _apgd.apgd_checkpoints(50) == (0, 11, 21, 30, 38, 45)
-  assert _apgd.apgd_checkpoints(10) == (0,) + tuple(range(2, 11))
-  assert _apgd.apgd_checkpoints(1) == (0, 1)
+  assert dat.apgd_checkpoints(1000) == tuple(10 * w for w in paper)
+  assert dat.apgd_checkpoints(50) == (0, 11, 21, 30, 38, 45)
+  assert dat.apgd_checkpoints(10) == (0,) + tuple(range(2, 11))
+  assert dat.apgd_checkpoints(1) == (0, 1)
 
 
 @pytest.mark.parametrize('loss', _LOSSES)
@@ -115,8 +114,8 @@ def test_linear_model_reaches_analytic_optimum():
   best = dat.xent(logits_fn(optimum), y)
   assert np.all(best > 1e-3)
   for random_start in (True, False):
-    x, info = _apgd.apgd(logits_fn, x0, y, jax.random.key(0), eps=eps,
-                         num_steps=10, random_start=random_start)
+    x, info = dat.apgd(logits_fn, x0, y, jax.random.key(0), eps=eps,
+                       num_steps=10, random_start=random_start)
     np.testing.assert_allclose(x, optimum, rtol=0, atol=1e-6)
     np.testing.assert_allclose(info.loss, best, rtol=1e-4)
     np.testing.assert_allclose(info.best_loss, best, rtol=1e-4)
@@ -160,7 +159,7 @@ def test_worst_case_combination():
     correct[f'apgd-{loss}'] = ~_wrong(params, x, y)
   x, _ = _apgd_t_mlp(params, x0, y, key, eps)
   correct['apgd-t'] = ~_wrong(params, x, y)
-  worst = _apgd.worst_case(correct)
+  worst = dat.worst_case(correct)
   assert worst.dtype == bool and worst.shape == (32,)
   for name, c in correct.items():
     assert worst.mean() <= c.mean(), name
@@ -168,13 +167,13 @@ def test_worst_case_combination():
   # At this eps the attacks fool some but not all examples.
   assert 0 < worst.mean() < 1
   np.testing.assert_array_equal(
-      _apgd.worst_case({'a': [True, True, False, True],
-                        'b': np.array([1, 0, 1, 1])}),
+      dat.worst_case({'a': [True, True, False, True],
+                      'b': np.array([1, 0, 1, 1])}),
       [True, False, False, True])
   with pytest.raises(ValueError, match='no attacks'):
-    _apgd.worst_case({})
+    dat.worst_case({})
   with pytest.raises(ValueError, match='differ in shape'):
-    _apgd.worst_case({'a': [True], 'b': [True, False]})
+    dat.worst_case({'a': [True], 'b': [True, False]})
 
 
 def test_same_key_same_result_and_traced_eps():
@@ -185,7 +184,7 @@ def test_same_key_same_result_and_traced_eps():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def attack(key, eps):
-    return _apgd.apgd(logits_fn, x0, y, key, eps=eps, num_steps=10)
+    return dat.apgd(logits_fn, x0, y, key, eps=eps, num_steps=10)
 
   a = attack(jax.random.key(5), 0.1)
   b = attack(jax.random.key(5), 0.1)
@@ -197,8 +196,8 @@ def test_same_key_same_result_and_traced_eps():
   assert float(jnp.max(jnp.abs(x - x0))) <= 0.2 + 1e-6
   # Per-example eps: each example keeps its own ball.
   eps_b = jnp.linspace(0.01, 0.2, 8)
-  x, _ = _apgd.apgd(logits_fn, x0, y, jax.random.key(5), eps=eps_b,
-                    num_steps=10)
+  x, _ = dat.apgd(logits_fn, x0, y, jax.random.key(5), eps=eps_b,
+                  num_steps=10)
   dist = jnp.max(jnp.abs(x - x0).reshape(8, -1), axis=1)
   assert bool(jnp.all(dist <= eps_b + 1e-6))
 
@@ -279,7 +278,7 @@ def test_matches_reference_loop(loss):
   x0, _ = _data(32, low=0.2, high=0.8, seed=1)
   y = jnp.argmax(_mlp(params, x0), -1)
   eps, num_steps = 0.05, 40
-  loss_fn = dat.xent if loss == 'ce' else _apgd.dlr_loss
+  loss_fn = dat.xent if loss == 'ce' else dat.dlr_loss
   x, info = _apgd_mlp(params, x0, y, None, eps, loss=loss, num_steps=num_steps,
                       random_start=False)
   x_best, loss_best, step = _reference_apgd(params, x0, y, x0, eps, num_steps,
@@ -315,10 +314,10 @@ def test_argument_errors():
   x0, y = _data(2)
   fn = functools.partial(_mlp, _mlp_params())
   with pytest.raises(ValueError, match='PRNG key'):
-    _apgd.apgd(fn, x0, y, None, eps=0.1, num_steps=2)
+    dat.apgd(fn, x0, y, None, eps=0.1, num_steps=2)
   with pytest.raises(ValueError, match='needs target_class'):
-    _apgd.apgd(fn, x0, y, jax.random.key(0), eps=0.1, loss='dlr_targeted')
+    dat.apgd(fn, x0, y, jax.random.key(0), eps=0.1, loss='dlr_targeted')
   with pytest.raises(ValueError, match='loss must be'):
-    _apgd.apgd(fn, x0, y, jax.random.key(0), eps=0.1, loss='xent')
+    dat.apgd(fn, x0, y, jax.random.key(0), eps=0.1, loss='xent')
   with pytest.raises(ValueError, match='num_targets'):
-    _apgd.apgd_targeted(fn, x0, y, jax.random.key(0), eps=0.1, num_targets=5)
+    dat.apgd_targeted(fn, x0, y, jax.random.key(0), eps=0.1, num_targets=5)

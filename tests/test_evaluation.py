@@ -117,7 +117,6 @@ def test_strong_worst_case_over_apgd_and_paper_attacks():
   # paper's transfer attacks.
   assert white['apgd_ce'] <= white['pgd20'] + 1e-9
   assert set(r['black_box']) == set(evaluation.PAPER_ATTACKS) - {'clean'}
-  assert 'APGD-T' in evaluation.results_markdown(r, title='t')
 
 
 def test_batching_does_not_change_deterministic_attacks():
@@ -323,53 +322,6 @@ def test_sanity_each_violation(box, name, value, needle):
 def test_sanity_eps_one():
   warnings = evaluation.sanity_warnings(_CONSISTENT, eps_one_accuracy=10.0)
   assert len(warnings) == 1 and 'gradient masking' in warnings[0]
-
-
-# ----------------------------------------------------------------- files ----
-
-def test_results_markdown():
-  md = evaluation.results_markdown(_CONSISTENT, title='MNIST / dynamic')
-  assert md.startswith('## MNIST / dynamic')
-  assert '| white-box | 90.00 | 60.00 | 50.00 | 48.00 | 49.00 | 45.00 |' in md
-  assert '| black-box | - | 70.00 | 65.00 | 64.00 | 66.00 | - |' in md
-  assert '1000' in md
-  md = evaluation.results_markdown({'white_box': {'clean': 12.345},
-                                    'black_box': None,
-                                    'num_eval_examples': 7}, title='t')
-  assert '12.35' in md and 'black-box' not in md
-
-
-def test_write_results(tmp_path, paper_results):
-  path = tmp_path / 'sub' / 'results.json'
-  final = {
-      'dataset': 'mnist', 'method': 'dynamic',
-      'white_box': paper_results['white_box'], 'black_box': None,
-      'num_eval_examples': np.int64(37),
-      'flags': {'eps': np.float32(0.3), 'steps': np.int32(10),
-                'lr_drop_epochs': (20, 40), 'c_stop': float('-inf')},
-      'wall_time_s': 1.5, 'devices': 'cpu x1',
-      'per_example': paper_results['per_example'],
-  }
-  json_path, md_path = evaluation.write_results(path, final)
-  assert json_path == str(path) and md_path == str(tmp_path / 'sub' /
-                                                   'results.md')
-  loaded = json.loads(path.read_text())
-  assert 'per_example' not in loaded
-  assert loaded['white_box'] == pytest.approx(paper_results['white_box'])
-  assert loaded['num_eval_examples'] == 37
-  assert loaded['flags']['eps'] == pytest.approx(0.3)
-  assert loaded['flags']['lr_drop_epochs'] == [20, 40]
-  assert loaded['black_box'] is None
-  md = (tmp_path / 'sub' / 'results.md').read_text()
-  assert 'mnist / dynamic' in md and 'white-box' in md
-  assert 'Training time (as the run recorded it): 1.5 s.' in md
-  assert 'Evaluated on: cpu x1.' in md and 'Evaluation time' not in md
-  # Replaced whole, no temporary files left behind.
-  final['method'] = 'standard'
-  evaluation.write_results(path, final)
-  assert json.loads(path.read_text())['method'] == 'standard'
-  assert sorted(os.listdir(tmp_path / 'sub')) == ['results.json',
-                                                  'results.md']
 
 
 # ------------------------------------------- attacks reproduced by hand ----

@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import jax
@@ -250,14 +251,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_chance_loss_warning(capsys):
   config = config_lib.Config(dataset='mnist', workdir='/w', method='standard')
-  training._chance_warning(config, {'train_loss': 2.3026}, 'after epoch 1')
+  training.chance_warning(config, {'train_loss': 2.3026}, 'after epoch 1')
   mnist = capsys.readouterr().err
   assert 'adversarial training loss is 2.3026' in mnist
   assert 'a known failure of PGD training on MNIST at eps 0.3' in mnist
   assert '--eps_warmup_epochs=5' in mnist and '--learning_rate' in mnist
   cifar = config_lib.Config(dataset='cifar10', workdir='/w',
                             method='standard')
-  training._chance_warning(cifar, {'train_loss': 2.3026}, 'after epoch 1')
+  training.chance_warning(cifar, {'train_loss': 2.3026}, 'after epoch 1')
   text = capsys.readouterr().err
   assert 'adversarial training loss is 2.3026' in text
   assert ('the model is at chance level. If it is still there after several '
@@ -265,9 +266,9 @@ def test_chance_loss_warning(capsys):
   assert '--learning_rate' in text
   assert 'MNIST' not in text and 'known failure' not in text
   for c in (config, cifar):
-    training._chance_warning(c, {'train_loss': 0.9}, 'after epoch 1')
-    training._chance_warning(c.replace(method='unsecured'),
-                             {'train_loss': 2.3026}, 'after epoch 1')
+    training.chance_warning(c, {'train_loss': 0.9}, 'after epoch 1')
+    training.chance_warning(c.replace(method='unsecured'),
+                            {'train_loss': 2.3026}, 'after epoch 1')
   assert not capsys.readouterr().err
 
 
@@ -356,6 +357,18 @@ def test_missing_data_file_is_named(tmp_path):
   (folder / 'train-images-idx3-ubyte.gz').unlink()
   with pytest.raises(data.DataError, match='train-images-idx3-ubyte'):
     _main([f'--workdir={tmp_path / "w"}', f'--data_dir={folder}'])
+  assert not (tmp_path / 'w').exists()
+
+
+def test_missing_tfds_data_names_the_flag(tmp_path, monkeypatch):
+  """The library's error names its argument; the main names the flag."""
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
+  with pytest.raises(data.DataError) as err:
+    _main([f'--workdir={tmp_path / "w"}'])
+  message = str(err.value)
+  assert 'pass --data_dir a folder holding' in message
+  assert data.DATA_DIR_ARGUMENT not in message
+  assert 'train-images-idx3-ubyte.gz' in message
   assert not (tmp_path / 'w').exists()
 
 
@@ -532,12 +545,54 @@ def test_eps_warmup_and_learning_rate():
   config = config_lib.Config(dataset='mnist', workdir='/w', eps=0.3,
                              eps_warmup_epochs=3, lr_drop_epochs=(2, 4),
                              learning_rate=0.1)
-  assert [training.epoch_eps(config, t) for t in range(5)] == pytest.approx(
+  aps = [training.epoch_attack_params(config, t, 1) for t in range(5)]
+  assert [float(ap.eps) for ap in aps] == pytest.approx(
       [0.1, 0.2, 0.3, 0.3, 0.3])
-  ap = training.epoch_attack_params(config, 0, 1)
-  assert float(ap.step_size) == pytest.approx(0.1 / 4)
-  assert [training.learning_rate(config, t, 0) for t in (0, 2, 4)] == (
-      pytest.approx([0.1, 0.01, 0.001]))
+  assert float(aps[0].step_size) == pytest.approx(0.1 / 4)
+  schedule = training.learning_rate_schedule(config, steps_per_epoch=3)
+  assert [float(schedule(3 * t)) for t in (0, 1, 2, 3, 4)] == (
+      pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001]))
+
+
+@pytest.mark.parametrize('method', ('dynamic', 'standard', 'curriculum'))
+def test_epoch_row_logs_what_the_step_used(method):
+  """c_t, eps, step size and K of a row are the epoch's AttackParams, its lr
+  the rate the run's own optimiser applies at the epoch's first step (each
+  read back as float32, exactly)."""
+  config = config_lib.Config(
+      dataset='mnist', workdir='/w', method=method, eps=0.3, step_size=0.075,
+      eps_warmup_epochs=2, lr_drop_epochs=(2, 3), learning_rate=0.01,
+      keras_decay=0.3, momentum=0.0, weight_decay=0.0, c_max=0.5, t_prime=3)
+  steps_per_epoch = 2
+  state = training.initial_state(config, (28, 28, 1), steps_per_epoch)
+  params = {'w': np.ones((), np.float32)}
+  opt_state = state.tx.init(params)
+  run = training.Run(config=config, mesh=None, train_ds=None, test_ds=None,
+                     steps_per_epoch=steps_per_epoch, key=None, step_fn=None,
+                     traces=[0], ckpt=None, writer=None)
+  for epoch in range(5):
+    # The rate of the epoch's first update (momentum 0, gradient 1).
+    update, _ = state.tx.update(params, opt_state, params)
+    for _ in range(steps_per_epoch):
+      _, opt_state = state.tx.update(params, opt_state, params)
+    ap = training.epoch_attack_params(config, epoch, 2)
+    progress = training.Progress(step=(epoch + 1) * steps_per_epoch,
+                                 curriculum_k=2, fosc=np.zeros(4, np.float32))
+    row = training.epoch_row(run, epoch, progress, ap)
+    assert np.float32(row['lr']) == -np.asarray(update['w'])
+    assert np.float32(row['eps']) == np.asarray(ap.eps)
+    assert np.float32(row['step_size']) == np.asarray(ap.step_size)
+    assert row['num_steps'] == int(ap.num_steps)
+    if method == 'dynamic':
+      assert np.float32(row['c_t']) == np.asarray(ap.c_stop)
+      assert row['c_t'] == pytest.approx(max(0.5 - epoch * 0.5 / 3, 0.0))
+    else:
+      assert row['c_t'] is None
+    assert row['eps'] == pytest.approx(0.3 * min(epoch + 1, 2) / 2)
+    assert row['lr'] == pytest.approx(
+        0.01 * 0.1 ** sum(epoch >= e for e in (2, 3)) /
+        (1 + 0.3 * epoch * steps_per_epoch))
+  assert json.loads(json.dumps(row)) == row
 
 
 def test_keras_augmentation_is_deterministic():

@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from dynamic_at import _attacks
-from dynamic_at import _losses
+import dynamic_at
+from dynamic_at import _attacks  # patched where train calls it
 from dynamic_at import fosc
 from dynamic_at import models
 from dynamic_at import parallel
@@ -147,6 +147,28 @@ def test_optimizer_schedule_weight_decay_and_keras_decay():
   assert isinstance(tx, optax.GradientTransformation)
 
 
+def test_optimizer_applies_learning_rate_schedule():
+  """make_optimizer's rate of update i is learning_rate_schedule(i), exactly
+  (lr / 10 at each drop epoch, / (1 + decay * i) per iteration)."""
+  params, grads = {'w': jnp.ones(())}, {'w': jnp.ones(())}
+  kw = dict(steps_per_epoch=3, lr_drop_epochs=(1, 3), keras_decay=0.25)
+  tx = train.make_optimizer(learning_rate=0.05, momentum=0.0,
+                            weight_decay=0.0, **kw)
+  schedule = train.learning_rate_schedule(0.05, **kw)
+  s = tx.init(params)
+  for i in range(12):
+    u, s = tx.update(grads, s, params)
+    assert -np.asarray(u['w']) == np.asarray(schedule(jnp.int32(i)))
+    assert float(schedule(jnp.int32(i))) == pytest.approx(
+        0.05 * 0.1 ** ((i >= 3) + (i >= 9)) / (1 + 0.25 * i), rel=1e-6)
+
+
+def test_warmup_eps():
+  assert [train.warmup_eps(t, 0.3, 3) for t in range(5)] == pytest.approx(
+      [0.1, 0.2, 0.3, 0.3, 0.3])
+  assert [train.warmup_eps(t, 0.3) for t in range(2)] == [0.3, 0.3]
+
+
 def test_deviation_flags_change_the_step():
   batch = dp_worker.fixed_batch()
   ap = _ap(3)
@@ -206,18 +228,18 @@ def _inference(state):
 def _hand_start(state, x0, key, eps=_EPS):
   """The random start of the step at ``state.step``: the base key folded with
   the step, a uniform point of the eps-ball, clipped to [0, 1]."""
-  return _attacks.random_start_point(jax.random.fold_in(key, state.step), x0,
-                                     eps)
+  return dynamic_at.random_start_point(jax.random.fold_in(key, state.step), x0,
+                                       eps)
 
 
 @jax.jit
 def _hand_attack(state, x0, y, key, ap):
   """dynamic_at's PGD on the inference-mode model from the hand-drawn start
   (jitted: only to compile once instead of running op by op)."""
-  return _attacks.pgd(_inference(state), x0, y, eps=ap.eps,
-                      step_size=ap.step_size, num_steps=ap.num_steps,
-                      c_stop=ap.c_stop, random_start=False,
-                      x_start=_hand_start(state, x0, key, ap.eps))
+  return dynamic_at.pgd(_inference(state), x0, y, eps=ap.eps,
+                        step_size=ap.step_size, num_steps=ap.num_steps,
+                        c_stop=ap.c_stop, random_start=False,
+                        x_start=_hand_start(state, x0, key, ap.eps))
 
 
 @jax.jit
@@ -288,7 +310,7 @@ def test_consecutive_steps_draw_different_random_starts():
   np.testing.assert_array_equal(m0['steps'], 0)
 
   def start_fosc(state, start):
-    _, g = _attacks.input_grad(_inference(state), start, y)
+    _, g = dynamic_at.input_grad(_inference(state), start, y)
     return fosc(start, x0, g, _EPS)
 
   starts = [_hand_start(s, x0, key) for s in (state0, state1)]
@@ -301,7 +323,7 @@ def test_consecutive_steps_draw_different_random_starts():
     assert not np.allclose(m['fosc'], start_fosc(state, other), rtol=1e-3)
     # ... and the step did not use the unfolded base key either.
     assert not np.allclose(m['fosc'], start_fosc(
-        state, _attacks.random_start_point(key, x0, _EPS)), rtol=1e-3)
+        state, dynamic_at.random_start_point(key, x0, _EPS)), rtol=1e-3)
 
 
 def _reference_fosc_pgd(logits_fn, x0, y, start, eps, alpha, num_steps,
@@ -311,7 +333,7 @@ def _reference_fosc_pgd(logits_fn, x0, y, start, eps, alpha, num_steps,
   frozen once the FOSC ``eps * ||g||_1 - <x - x0, g>`` of its new point is
   ``<= c_stop``. Returns ``(steps, fosc, checks)``: per example its steps
   and final FOSC, and every FOSC value the rule compared with ``c_stop``."""
-  grad_fn = jax.jit(jax.grad(lambda x: _losses.xent(logits_fn(x), y).sum()))
+  grad_fn = jax.jit(jax.grad(lambda x: dynamic_at.xent(logits_fn(x), y).sum()))
   x0 = np.asarray(x0, np.float64)
   x = np.asarray(start, np.float64)
   batch = x.shape[0]
