@@ -353,11 +353,17 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_previous_used(
   _assert_same_run(workdir, uninterrupted, 4, 64)
 
 
-def test_no_readable_checkpoint_is_one_clear_error(tmp_path):
+def _two_checkpoints(folder):
+  """Saves steps 1 and 2 (metas {'a': 1}, {'a': 2}); returns the state."""
   state = _stepped_state()
-  with checkpoint.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+  with checkpoint.Checkpointer(folder, max_to_keep=3) as ckpt:
     ckpt.save(1, state, meta={'a': 1})
     ckpt.save(2, state, meta={'a': 2})
+  return state
+
+
+def test_no_readable_checkpoint_is_one_clear_error(tmp_path):
+  _two_checkpoints(tmp_path)
   _damage(tmp_path / '2', 'arrays')
   _damage(tmp_path / '1', 'meta')
   before = _snapshot(tmp_path)
@@ -371,10 +377,7 @@ def test_no_readable_checkpoint_is_one_clear_error(tmp_path):
 
 
 def test_read_only_restore_skips_without_moving(tmp_path):
-  state = _stepped_state()
-  with checkpoint.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
-    ckpt.save(1, state, meta={'a': 1})
-    ckpt.save(2, state, meta={'a': 2})
+  state = _two_checkpoints(tmp_path)
   _damage(tmp_path / '2', 'meta')
   with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
     restored, _, meta = ckpt.restore(_state(seed=1))
