@@ -17,7 +17,7 @@ loop, D x max_d(trips_d) x B/D, and with the useful work sum_i steps_i.
 
 Usage (real data; falls back to random images without --data_dir):
 
-  python -m benchmarks.dynamic_savings --data_dir /work/shared/data/mnist \\
+  python -m benchmarks.dynamic_savings --data_dir ../shared/data/mnist \\
       [--steps 100] [--c_t 0.5 0.25] [--devices 4] [--device_steps 30]
 """
 

@@ -2,7 +2,7 @@
 
 Needs PyTorch, which is not a dependency of the project: run it from a
 separate environment that has torch (CPU build) and this project's jax/flax,
-e.g. /work/venv-torch (see benchmarks/README.md). Both sides run in this one
+e.g. .venv-torch (see benchmarks/README.md). Both sides run in this one
 process, alternated A, B, A, B; the ratio is the median of the pairwise
 ratios. Both sides use all cores by default (XLA always does; PyTorch gets
 ``torch.set_num_threads(--torch_threads)``). Prints:
@@ -19,7 +19,7 @@ ratios. Both sides use all cores by default (XLA always does; PyTorch gets
 
 Usage:
 
-  /work/venv-torch/bin/python -m benchmarks.vs_pytorch [--model mnist_cnn]
+  .venv-torch/bin/python -m benchmarks.vs_pytorch [--model mnist_cnn]
       [--batch 128] [--rounds 8] [--eval_batches 128 256 512]
       [--torch_threads 2] [--skip_eval] [--skip_flops]
 """

@@ -8,11 +8,11 @@ same test examples, and prints the robust accuracies side by side (and the
 worst case over the attacks of each side). Not a test dependency: it needs the
 packages of ``scripts/requirements-crosscheck.txt``, e.g.::
 
-  python3 -m venv /work/venv-xcheck
-  /work/venv-xcheck/bin/pip install -r scripts/requirements-crosscheck.txt
-  /work/venv-xcheck/bin/pip install --no-deps torchattacks==3.5.1
-  PYTHONPATH=. /work/venv-xcheck/bin/python scripts/crosscheck_apgd.py \\
-      --params_npz /tmp/mnist_cnn.npz --data_dir /work/shared/data/mnist \\
+  python3 -m venv .venv-xcheck
+  .venv-xcheck/bin/pip install -r scripts/requirements-crosscheck.txt
+  .venv-xcheck/bin/pip install --no-deps torchattacks==3.5.1
+  PYTHONPATH=. .venv-xcheck/bin/python scripts/crosscheck_apgd.py \\
+      --params_npz /tmp/mnist_cnn.npz --data_dir ../shared/data/mnist \\
       --num_examples 500 --eps 0.3
 
 (``--no-deps``: torchattacks requires torchvision, which it does not import
@@ -124,7 +124,7 @@ def main(argv=None):
   src = parser.add_mutually_exclusive_group(required=True)
   src.add_argument('--params_npz', help='Flax variables, npz (see module doc)')
   src.add_argument('--workdir', help='a dynamic_at MNIST training run folder')
-  parser.add_argument('--data_dir', default='/work/shared/data/mnist',
+  parser.add_argument('--data_dir', default='../shared/data/mnist',
                       help='folder with the raw MNIST idx files')
   parser.add_argument('--num_examples', type=int, default=500)
   parser.add_argument('--eps', type=float, default=0.3)
