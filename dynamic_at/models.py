@@ -294,15 +294,8 @@ class Cifar10CNN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Computes logits.
-
-    Args:
-        x: Images ``[B, 32, 32, 3]`` with values in [0, 1].
-        train: Whether BatchNorm uses (and updates) batch statistics.
-
-    Returns:
-        Logits of shape ``[B, num_classes]``.
-    """
+    """Logits ``[B, num_classes]`` of images ``x`` ``[B, 32, 32, 3]`` in
+    [0, 1]; with ``train`` BatchNorm uses (and updates) batch statistics."""
     if self.normalize:
       x = _normalize(x, CIFAR10_MEAN, CIFAR10_STD)
     for features in (64, 128, 196):

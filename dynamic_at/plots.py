@@ -35,6 +35,11 @@ MAX_STAGES = 5
 _METHOD_ORDER = ('unsecured', 'standard', 'curriculum', 'dynamic')
 
 
+def _xy(points: Any) -> np.ndarray:
+  """``(x, y)`` points as a float64 ``[N, 2]`` array."""
+  return np.asarray(points, np.float64).reshape(-1, 2)
+
+
 def _new_figure(width: float, height: float) -> Any:
   """A figure with an Agg canvas, outside pyplot's global state."""
   # pylint: disable=g-import-not-at-top
@@ -364,7 +369,7 @@ def cost_robustness(points: Mapping[str, Sequence[Tuple[float, float]]],
   fig = _new_figure(6.5, 4.5)
   ax = fig.subplots()
   for i, (group, pts) in enumerate(points.items()):
-    pts = np.asarray(pts, np.float64).reshape(-1, 2)
+    pts = _xy(pts)
     ax.scatter(pts[:, 0], pts[:, 1], color=f'C{i % 10}', label=group,
                s=36, alpha=0.85)
   ax.set_xlabel(xlabel)
@@ -397,11 +402,11 @@ def thresholds_and_fosc(thresholds: Mapping[str, Sequence[Tuple[int, float]]],
   fig = _new_figure(9.0, 4.5)
   ax = fig.subplots()
   for i, (label, pts) in enumerate(thresholds.items()):
-    pts = np.asarray(pts, np.float64).reshape(-1, 2)
+    pts = _xy(pts)
     ax.plot(pts[:, 0], pts[:, 1], linestyle='--', drawstyle='steps-post',
             color=f'C{i % 10}', label=label)
   for j, (label, pts) in enumerate(fosc.items()):
-    pts = np.asarray(pts, np.float64).reshape(-1, 2)
+    pts = _xy(pts)
     ax.plot(pts[:, 0], pts[:, 1], marker='o', markersize=4,
             color=f'C{(len(thresholds) + j) % 10}', label=label)
   ax.set_xlabel('epoch')
