@@ -40,8 +40,9 @@ case "$module" in
     tests='"tests/test_train.py", "-k", "not test_dynamic_fosc_stop_rule_on_a_batchnorm_cnn and not test_curriculum_k_follows"' ;;
   checkpoint)
     file=dynamic_at/checkpoint.py
-    # Without the resume test, which trains MNIST in subprocesses.
-    tests='"tests/test_checkpoint.py", "-k", "not test_interrupted_and_resumed_run_is_bit_identical"' ;;
+    # Without the resume test, which trains MNIST in subprocesses; with the
+    # two in-process tests of unreadable checkpoints from test_interruptions.
+    tests='"tests/test_checkpoint.py", "tests/test_interruptions.py::test_no_readable_checkpoint_is_one_clear_error", "tests/test_interruptions.py::test_read_only_restore_skips_without_moving", "-k", "not test_interrupted_and_resumed_run_is_bit_identical"' ;;
   *)
     echo "unknown module '$module': fosc, attacks, train or checkpoint" >&2
     exit 2 ;;
@@ -64,6 +65,8 @@ cat >> "$work/pyproject.toml" <<EOF
 [tool.mutmut]
 source_paths = ["dynamic_at/"]
 only_mutate = ["$file"]
+# test_interruptions imports the experiments package.
+also_copy = ["experiments/"]
 pytest_add_cli_args_test_selection = [$tests]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "--basetemp=$work/pytest-tmp"]
 process_isolation = "forkserver"

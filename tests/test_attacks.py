@@ -265,6 +265,38 @@ def test_evaluation_attacks():
   assert float(jnp.mean(info.loss)) > float(jnp.mean(clean))
 
 
+def test_evaluation_attacks_are_pgd_with_their_settings_and_pass_kwargs():
+  # Each evaluation attack is exactly pgd with its documented settings, and
+  # passes its keyword arguments on (the clip range here clips inside the
+  # ball: x0 is in [0.2, 0.8], eps 0.1).
+  params = _mlp_params()
+  x0, y = _data(8, low=0.2, high=0.8)
+  logits_fn = functools.partial(_mlp, params)
+  key = jax.random.key(3)
+  eps = 0.1
+  quarter = jnp.asarray(eps) / 4
+  kwargs = dict(clip_min=0.25, clip_max=0.75, c_stop=0.05)
+  cases = [
+      (dat.fgsm, {}, dict(step_size=eps, num_steps=1, random_start=False)),
+      (dat.pgd10, {}, dict(step_size=quarter, num_steps=10)),
+      (dat.pgd20, {}, dict(step_size=quarter, num_steps=20)),
+      (dat.cw_inf, {}, dict(step_size=quarter, num_steps=30, loss='cw',
+                            kappa=50.0)),
+      (dat.cw_inf, dict(kappa=5.0, num_steps=7),
+       dict(step_size=quarter, num_steps=7, loss='cw', kappa=5.0)),
+  ]
+  for attack, own, settings in cases:
+    got = attack(logits_fn, x0, y, key, eps=eps, **own, **kwargs)
+    want = dat.pgd(logits_fn, x0, y, key, eps=eps, **settings, **kwargs)
+    chex.assert_trees_all_equal(got, want)
+    assert float(jnp.min(got[0])) >= 0.25 and float(jnp.max(got[0])) <= 0.75
+  # The random start of PGD-10/20 and CW-inf: another key, another result.
+  for attack in (dat.pgd10, dat.pgd20, dat.cw_inf):
+    a, _ = attack(logits_fn, x0, y, key, eps=eps)
+    b, _ = attack(logits_fn, x0, y, jax.random.key(4), eps=eps)
+    assert not np.array_equal(a, b)
+
+
 def test_pgd_raises_attack_loss_on_nonlinear_model():
   params = _mlp_params()
   x0, y = _data(64, low=0.2, high=0.8)
