@@ -1,5 +1,6 @@
 """Tests for dynamic_at.checkpoint and exact resumption of a training run."""
 
+import errno
 import json
 from pathlib import Path
 
@@ -109,6 +110,45 @@ def test_restore_without_checkpoint_raises(tmp_path):
   with checkpoint.Checkpointer(tmp_path / 'empty') as ckpt:
     with pytest.raises(FileNotFoundError, match='no checkpoint'):
       ckpt.restore(_state())
+
+
+def _no_space(*args, **kwargs):
+  del args, kwargs
+  raise OSError(errno.ENOSPC, 'No space left on device')
+
+
+def test_failed_writes_name_the_checkpoint_and_the_kept_steps(tmp_path,
+                                                               monkeypatch):
+  state = _state()
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+    ckpt.save(1, state)
+    ckpt.save(2, state)
+    ckpt.wait_until_finished()
+    (tmp_path / '5.unreadable').mkdir()  # not a step
+    monkeypatch.setattr(ckpt._manager, 'save', _no_space)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+      ckpt.save(3, state)
+    assert isinstance(info.value.__cause__, OSError)
+    assert str(info.value) == (
+        f'could not write checkpoint step 3 in {str(tmp_path)!r}: [Errno 28] '
+        'No space left on device. The checkpoints already there are '
+        'unchanged (steps [1, 2]); free space or fix the folder, then rerun '
+        'to resume from the newest.')
+    # An asynchronous save that failed is reported when waiting for it.
+    monkeypatch.setattr(ckpt._manager, 'wait_until_finished', _no_space)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+      ckpt.wait_until_finished()
+    assert str(info.value).startswith(
+        f'could not write a checkpoint in {str(tmp_path)!r}: [Errno 28] ')
+    monkeypatch.undo()
+  # Nothing saved yet (the folder does not exist): "steps none".
+  empty = tmp_path / 'empty'
+  with checkpoint.Checkpointer(empty) as ckpt:
+    monkeypatch.setattr(ckpt._manager, 'save', _no_space)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r'unchanged \(steps none\)'):
+      ckpt.save(1, state)
+    monkeypatch.undo()
 
 
 def test_key_encoding_roundtrip():
