@@ -395,7 +395,8 @@ def test_unreadable_newest_are_moved_aside_with_a_free_name(tmp_path, caplog):
     errors = {s: e for s, _, e in ckpt.moved_aside}
   assert errors[3].startswith('UnicodeDecodeError: ')
   assert errors[2].startswith('ValueError: ')
-  assert [r.getMessage() for r in caplog.records] == [
+  assert [r.getMessage() for r in caplog.records
+          if r.name == 'dynamic_at.checkpoint'] == [
       f'checkpoint step {s} in {tmp_path} could not be read ({errors[s]}); '
       f'moved aside to {moved[s]}' for s in (3, 2)]
   assert sorted(os.listdir(tmp_path)) == ['1', '2.unreadable', '3.unreadable',
@@ -408,16 +409,21 @@ def test_unreadable_newest_are_moved_aside_with_a_free_name(tmp_path, caplog):
                       checkpoint.state_tree(state))
 
 
-def test_read_only_restore_skips_without_moving(tmp_path):
+def test_read_only_restore_skips_without_moving(tmp_path, caplog):
   state = _stepped_state()
   with checkpoint.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
     ckpt.save(1, state, meta={'a': 1})
     ckpt.save(2, state, meta={'a': 2})
   _damage(tmp_path / '2', 'meta')
   with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
-    restored, _, meta = ckpt.restore(_state(seed=1))
+    with caplog.at_level(logging.WARNING, logger='dynamic_at.checkpoint'):
+      restored, _, meta = ckpt.restore(_state(seed=1))
     assert meta == {'a': 1}
     assert [(s, m) for s, m, _ in ckpt.moved_aside] == [(2, None)]
+    error = ckpt.moved_aside[0][2]
+  assert [r.getMessage() for r in caplog.records
+          if r.name == 'dynamic_at.checkpoint'] == [
+      f'checkpoint step 2 in {tmp_path} could not be read ({error}); skipped']
   assert sorted(os.listdir(tmp_path)) == ['1', '2']
   _assert_trees_equal(checkpoint.state_tree(restored),
                       checkpoint.state_tree(state))
