@@ -106,13 +106,20 @@ def test_keeps_last_n_and_skips_saved_step(tmp_path):
   state = _state()
   with checkpoint.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
     for step in (1, 2, 3, 4):
-      assert ckpt.save(step, state, meta={'step': step})
+      assert ckpt.save(step, state, meta={'step': step},
+                       arrays={'n': np.full(3, step, np.int32)})
     ckpt.wait_until_finished()
     assert not ckpt.save(4, state)
     ckpt.wait_until_finished()
     assert ckpt.all_steps() == (3, 4)
-    _, _, meta = ckpt.restore(state, step=3)
+    _, arrays, meta = ckpt.restore(state, step=3)
+    assert arrays is None  # no arrays_target
+    assert meta == {'step': 3}
+    # A given step restores its arrays too.
+    _, arrays, meta = ckpt.restore(state, step=3,
+                                   arrays_target={'n': np.zeros(3, np.int32)})
   assert meta == {'step': 3}
+  np.testing.assert_array_equal(arrays['n'], np.full(3, 3, np.int32))
 
 
 def test_restore_without_checkpoint_raises(tmp_path):
