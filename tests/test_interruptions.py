@@ -415,6 +415,7 @@ def test_read_only_restore_skips_without_moving(tmp_path, caplog):
     ckpt.save(1, state, meta={'a': 1})
     ckpt.save(2, state, meta={'a': 2})
   _damage(tmp_path / '2', 'meta')
+  before = _snapshot(tmp_path)
   with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
     with caplog.at_level(logging.WARNING, logger='dynamic_at.checkpoint'):
       restored, _, meta = ckpt.restore(_state(seed=1))
@@ -425,6 +426,12 @@ def test_read_only_restore_skips_without_moving(tmp_path, caplog):
           if r.name == 'dynamic_at.checkpoint'] == [
       f'checkpoint step 2 in {tmp_path} could not be read ({error}); skipped']
   assert sorted(os.listdir(tmp_path)) == ['1', '2']
+  assert _snapshot(tmp_path) == before  # no file written or touched
+  # Opening a folder that does not exist read-only creates nothing.
+  with checkpoint.Checkpointer(tmp_path / 'missing', read_only=True) as ckpt:
+    with pytest.raises(FileNotFoundError):
+      ckpt.restore(_state(seed=1))
+  assert not (tmp_path / 'missing').exists()
   _assert_trees_equal(checkpoint.state_tree(restored),
                       checkpoint.state_tree(state))
 
