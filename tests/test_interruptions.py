@@ -422,11 +422,13 @@ def test_read_only_restore_skips_without_moving(tmp_path, caplog):
     assert meta == {'a': 1}
     assert [(s, m) for s, m, _ in ckpt.moved_aside] == [(2, None)]
     error = ckpt.moved_aside[0][2]
+    ckpt.save(3, state)  # skipped: read-only never writes
+    ckpt.wait_until_finished()
   assert [r.getMessage() for r in caplog.records
           if r.name == 'dynamic_at.checkpoint'] == [
       f'checkpoint step 2 in {tmp_path} could not be read ({error}); skipped']
   assert sorted(os.listdir(tmp_path)) == ['1', '2']
-  assert _snapshot(tmp_path) == before  # no file written or touched
+  assert _snapshot(tmp_path) == before  # no file written, moved or touched
   # Opening a folder that does not exist read-only creates nothing.
   with checkpoint.Checkpointer(tmp_path / 'missing', read_only=True) as ckpt:
     with pytest.raises(FileNotFoundError):
