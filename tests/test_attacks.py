@@ -376,3 +376,27 @@ def test_unclipped_start_takes_its_first_gradient_outside_the_box():
   x1_clipped, _ = run(1, True)
   assert not np.allclose(x1, x1_clipped)
   np.testing.assert_array_equal(info1.steps, np.ones(16))
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_random_start_point_is_uniform_in_the_ball_and_clipped_to_the_box(
+    dtype):
+  # Columns at the box's edges, in its middle and near its lower edge.
+  x0 = jnp.asarray(np.tile([0.0, 1.0, 0.5, 0.05], (256, 1)), dtype)
+  eps = 0.25
+  tol = 1e-6 if dtype == jnp.float32 else 1e-2
+  for box, kwargs in (((0.0, 1.0), {}),
+                      ((0.1, 0.9), dict(clip_min=0.1, clip_max=0.9))):
+    x = dat.random_start_point(jax.random.key(0), x0, eps, **kwargs)
+    assert x.dtype == dtype
+    x, ref = np.float32(x), np.float32(x0)
+    lo, hi = np.float32(jnp.asarray(box[0], dtype)), np.float32(
+        jnp.asarray(box[1], dtype))
+    # Clipped to the box on both sides, and some points on each edge.
+    assert x.min() == lo and x.max() == hi
+    assert np.all(np.abs(x - np.clip(ref, lo, hi)) <= eps + tol)
+  # Unclipped in the middle: uniform on [x0 - eps, x0 + eps].
+  x = np.float32(dat.random_start_point(jax.random.key(1), x0, eps))
+  middle = x[:, 2] - 0.5
+  assert middle.min() < -0.2 and middle.max() > 0.2
+  assert abs(float(middle.mean())) < 0.05
