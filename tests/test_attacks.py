@@ -400,3 +400,22 @@ def test_random_start_point_is_uniform_in_the_ball_and_clipped_to_the_box(
   middle = x[:, 2] - 0.5
   assert middle.min() < -0.2 and middle.max() > 0.2
   assert abs(float(middle.mean())) < 0.05
+
+
+def test_coordinates_without_gradient_do_not_move():
+  # A linear model that ignores the first half of the input: the gradient is
+  # exactly 0 there, and a sign-gradient step leaves those pixels alone.
+  d = int(np.prod(_SHAPE))
+  w = np.random.default_rng(0).normal(size=(d, _NUM_CLASSES))
+  w[:d // 2] = 0.0
+  w = jnp.float32(w)
+
+  def logits_fn(x):
+    return x.reshape(len(x), -1) @ w
+
+  x0, y = _data(4, low=0.2, high=0.8)
+  x, _ = dat.pgd(logits_fn, x0, y, eps=0.1, step_size=0.025, num_steps=5,
+                 random_start=False)
+  flat, flat0 = np.asarray(x).reshape(4, -1), np.asarray(x0).reshape(4, -1)
+  np.testing.assert_array_equal(flat[:, :d // 2], flat0[:, :d // 2])
+  assert np.all(flat[:, d // 2:] != flat0[:, d // 2:])
