@@ -1,5 +1,6 @@
 """Paths and helpers of the tests that run the entry points."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -19,10 +20,24 @@ FAST_XLA = ('--xla_backend_optimization_level=0 '
             '--xla_llvm_disable_expensive_passes=true')
 
 
+# Set (to anything but '' or '0') by .ci/run: a missing shared data folder
+# fails the test instead of skipping it.
+REQUIRE_DATA_ENV = 'DYNAMIC_AT_REQUIRE_DATA'
+
+
 def require(path):
-  """Skips the test when a shared data folder is missing."""
-  if not path.exists():
-    pytest.skip(f'shared data folder {path} is missing')
+  """Skips the test when a shared data folder is missing, or fails it when
+  ``DYNAMIC_AT_REQUIRE_DATA`` is set (CI must not pass by skipping)."""
+  path = Path(path)
+  if path.exists():
+    return
+  if os.environ.get(REQUIRE_DATA_ENV, '') not in ('', '0'):
+    pytest.fail(f'shared data folder {path} is missing and '
+                f'{REQUIRE_DATA_ENV} is set: put the data in {path} '
+                f'(the repository expects ../shared/data/ next to it; see '
+                f'README "Set up"), or unset {REQUIRE_DATA_ENV} to skip the '
+                f'tests that need it', pytrace=False)
+  pytest.skip(f'shared data folder {path} is missing')
 
 
 def run(module, args, env, expect_ok=True):

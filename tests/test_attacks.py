@@ -265,6 +265,38 @@ def test_evaluation_attacks():
   assert float(jnp.mean(info.loss)) > float(jnp.mean(clean))
 
 
+def test_evaluation_attacks_are_pgd_with_their_settings_and_pass_kwargs():
+  # Each evaluation attack is exactly pgd with its documented settings, and
+  # passes its keyword arguments on (the clip range here clips inside the
+  # ball: x0 is in [0.2, 0.8], eps 0.1).
+  params = _mlp_params()
+  x0, y = _data(8, low=0.2, high=0.8)
+  logits_fn = functools.partial(_mlp, params)
+  key = jax.random.key(3)
+  eps = 0.1
+  quarter = jnp.asarray(eps) / 4
+  kwargs = dict(clip_min=0.25, clip_max=0.75, c_stop=0.05)
+  cases = [
+      (dat.fgsm, {}, dict(step_size=eps, num_steps=1, random_start=False)),
+      (dat.pgd10, {}, dict(step_size=quarter, num_steps=10)),
+      (dat.pgd20, {}, dict(step_size=quarter, num_steps=20)),
+      (dat.cw_inf, {}, dict(step_size=quarter, num_steps=30, loss='cw',
+                            kappa=50.0)),
+      (dat.cw_inf, dict(kappa=5.0, num_steps=7),
+       dict(step_size=quarter, num_steps=7, loss='cw', kappa=5.0)),
+  ]
+  for attack, own, settings in cases:
+    got = attack(logits_fn, x0, y, key, eps=eps, **own, **kwargs)
+    want = dat.pgd(logits_fn, x0, y, key, eps=eps, **settings, **kwargs)
+    chex.assert_trees_all_equal(got, want)
+    assert float(jnp.min(got[0])) >= 0.25 and float(jnp.max(got[0])) <= 0.75
+  # The random start of PGD-10/20 and CW-inf: another key, another result.
+  for attack in (dat.pgd10, dat.pgd20, dat.cw_inf):
+    a, _ = attack(logits_fn, x0, y, key, eps=eps)
+    b, _ = attack(logits_fn, x0, y, jax.random.key(4), eps=eps)
+    assert not np.array_equal(a, b)
+
+
 def test_pgd_raises_attack_loss_on_nonlinear_model():
   params = _mlp_params()
   x0, y = _data(64, low=0.2, high=0.8)
@@ -344,3 +376,46 @@ def test_unclipped_start_takes_its_first_gradient_outside_the_box():
   x1_clipped, _ = run(1, True)
   assert not np.allclose(x1, x1_clipped)
   np.testing.assert_array_equal(info1.steps, np.ones(16))
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_random_start_point_is_uniform_in_the_ball_and_clipped_to_the_box(
+    dtype):
+  # Columns at the box's edges, in its middle and near its lower edge.
+  x0 = jnp.asarray(np.tile([0.0, 1.0, 0.5, 0.05], (256, 1)), dtype)
+  eps = 0.25
+  tol = 1e-6 if dtype == jnp.float32 else 1e-2
+  for box, kwargs in (((0.0, 1.0), {}),
+                      ((0.1, 0.9), dict(clip_min=0.1, clip_max=0.9))):
+    x = dat.random_start_point(jax.random.key(0), x0, eps, **kwargs)
+    assert x.dtype == dtype
+    x, ref = np.float32(x), np.float32(x0)
+    lo, hi = np.float32(jnp.asarray(box[0], dtype)), np.float32(
+        jnp.asarray(box[1], dtype))
+    # Clipped to the box on both sides, and some points on each edge.
+    assert x.min() == lo and x.max() == hi
+    assert np.all(np.abs(x - np.clip(ref, lo, hi)) <= eps + tol)
+  # Unclipped in the middle: uniform on [x0 - eps, x0 + eps].
+  x = np.float32(dat.random_start_point(jax.random.key(1), x0, eps))
+  middle = x[:, 2] - 0.5
+  assert middle.min() < -0.2 and middle.max() > 0.2
+  assert abs(float(middle.mean())) < 0.05
+
+
+def test_coordinates_without_gradient_do_not_move():
+  # A linear model that ignores the first half of the input: the gradient is
+  # exactly 0 there, and a sign-gradient step leaves those pixels alone.
+  d = int(np.prod(_SHAPE))
+  w = np.random.default_rng(0).normal(size=(d, _NUM_CLASSES))
+  w[:d // 2] = 0.0
+  w = jnp.float32(w)
+
+  def logits_fn(x):
+    return x.reshape(len(x), -1) @ w
+
+  x0, y = _data(4, low=0.2, high=0.8)
+  x, _ = dat.pgd(logits_fn, x0, y, eps=0.1, step_size=0.025, num_steps=5,
+                 random_start=False)
+  flat, flat0 = np.asarray(x).reshape(4, -1), np.asarray(x0).reshape(4, -1)
+  np.testing.assert_array_equal(flat[:, :d // 2], flat0[:, :d // 2])
+  assert np.all(flat[:, d // 2:] != flat0[:, d // 2:])

@@ -1,6 +1,8 @@
 """Tests for dynamic_at.checkpoint and exact resumption of a training run."""
 
+import errno
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -10,6 +12,7 @@ import pytest
 
 from dynamic_at import checkpoint
 from dynamic_at import models
+from dynamic_at import parallel
 from dynamic_at import train
 from tests import run_utils
 
@@ -58,7 +61,8 @@ def _assert_trees_equal(a, b):
 def test_roundtrip_is_bit_identical(tmp_path):
   state = _stepped_state()
   key = jax.random.key(42)
-  arrays = {'fosc': np.linspace(0, 1, 7).astype(np.float32), 'key': key}
+  arrays = {'fosc': np.linspace(0, 1, 7).astype(np.float32), 'key': key,
+            'idx': np.arange(5, dtype=np.int32)}
   meta = {'epoch': 3, 'k': 2, 'loss_sum': 0.1 + 0.2}
   with checkpoint.Checkpointer(tmp_path / 'ckpt', max_to_keep=2) as ckpt:
     assert ckpt.latest_step() is None
@@ -67,7 +71,8 @@ def test_roundtrip_is_bit_identical(tmp_path):
     assert ckpt.latest_step() == 7
     restored, got_arrays, got_meta = ckpt.restore(
         _state(seed=1), arrays_target={'fosc': np.zeros(7, np.float32),
-                                       'key': jax.random.key(0)})
+                                       'key': jax.random.key(0),
+                                       'idx': np.ones(5, np.int32)})
   _assert_trees_equal(restored, state)
   # Every leaf of the restore target differs from the saved state's (the
   # momentum too), so a leaf the checkpoint lost would show above.
@@ -85,7 +90,12 @@ def test_roundtrip_is_bit_identical(tmp_path):
   assert type(restored.opt_state) is type(state.opt_state)
   assert type(restored.opt_state[1][0]) is type(state.opt_state[1][0])
   assert int(restored.step) == 1
-  np.testing.assert_array_equal(got_arrays['fosc'], arrays['fosc'])
+  # numpy buffers come back as numpy arrays of their dtype and shape.
+  for name in ('fosc', 'idx'):
+    assert type(got_arrays[name]) is np.ndarray, name
+    assert got_arrays[name].dtype == arrays[name].dtype, name
+    assert got_arrays[name].shape == arrays[name].shape, name
+    np.testing.assert_array_equal(got_arrays[name], arrays[name])
   assert jax.dtypes.issubdtype(got_arrays['key'].dtype, jax.dtypes.prng_key)
   np.testing.assert_array_equal(jax.random.key_data(got_arrays['key']),
                                 jax.random.key_data(key))
@@ -96,13 +106,20 @@ def test_keeps_last_n_and_skips_saved_step(tmp_path):
   state = _state()
   with checkpoint.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
     for step in (1, 2, 3, 4):
-      assert ckpt.save(step, state, meta={'step': step})
+      assert ckpt.save(step, state, meta={'step': step},
+                       arrays={'n': np.full(3, step, np.int32)})
     ckpt.wait_until_finished()
     assert not ckpt.save(4, state)
     ckpt.wait_until_finished()
     assert ckpt.all_steps() == (3, 4)
-    _, _, meta = ckpt.restore(state, step=3)
+    _, arrays, meta = ckpt.restore(state, step=3)
+    assert arrays is None  # no arrays_target
+    assert meta == {'step': 3}
+    # A given step restores its arrays too.
+    _, arrays, meta = ckpt.restore(state, step=3,
+                                   arrays_target={'n': np.zeros(3, np.int32)})
   assert meta == {'step': 3}
+  np.testing.assert_array_equal(arrays['n'], np.full(3, 3, np.int32))
 
 
 def test_restore_without_checkpoint_raises(tmp_path):
@@ -111,14 +128,88 @@ def test_restore_without_checkpoint_raises(tmp_path):
       ckpt.restore(_state())
 
 
-def test_key_encoding_roundtrip():
-  tree = {'k': jax.random.key(3), 'x': jnp.arange(3)}
+def _no_space(*args, **kwargs):
+  del args, kwargs
+  raise OSError(errno.ENOSPC, 'No space left on device')
+
+
+def test_failed_writes_name_the_checkpoint_and_the_kept_steps(tmp_path,
+                                                               monkeypatch):
+  state = _state()
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+    ckpt.save(1, state)
+    ckpt.save(2, state)
+    ckpt.wait_until_finished()
+    (tmp_path / '5.unreadable').mkdir()  # not a step
+    monkeypatch.setattr(ckpt._manager, 'save', _no_space)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+      ckpt.save(3, state)
+    assert isinstance(info.value.__cause__, OSError)
+    assert str(info.value) == (
+        f'could not write checkpoint step 3 in {str(tmp_path)!r}: [Errno 28] '
+        'No space left on device. The checkpoints already there are '
+        'unchanged (steps [1, 2]); free space or fix the folder, then rerun '
+        'to resume from the newest.')
+    # An asynchronous save that failed is reported when waiting for it.
+    monkeypatch.setattr(ckpt._manager, 'wait_until_finished', _no_space)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+      ckpt.wait_until_finished()
+    assert str(info.value).startswith(
+        f'could not write a checkpoint in {str(tmp_path)!r}: [Errno 28] ')
+    monkeypatch.undo()
+  # The folder is gone (or cannot be listed): "steps none".
+  empty = tmp_path / 'empty'
+  with checkpoint.Checkpointer(empty) as ckpt:
+    shutil.rmtree(empty, ignore_errors=True)
+    monkeypatch.setattr(ckpt._manager, 'save', _no_space)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r'unchanged \(steps none\)'):
+      ckpt.save(1, state)
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize('impl', [None, 'rbg'])
+def test_key_encoding_roundtrip(impl):
+  tree = {'k': jax.random.key(3, impl=impl), 'x': jnp.arange(3)}
   encoded = checkpoint.encode_keys(tree)
   assert encoded['k'].dtype == jnp.uint32
   decoded = checkpoint.decode_keys(encoded, tree)
+  # The key's own implementation (not the default one) with its data.
+  assert jax.random.key_impl(decoded['k']) == jax.random.key_impl(tree['k'])
   np.testing.assert_array_equal(jax.random.key_data(decoded['k']),
                                 jax.random.key_data(tree['k']))
   np.testing.assert_array_equal(decoded['x'], tree['x'])
+
+
+def test_restore_places_the_state_like_the_target(tmp_path):
+  # Saved from one device, restored into a state replicated on a mesh: every
+  # leaf gets the target's sharding, not the one it was saved with.
+  state = _stepped_state()
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state)
+  mesh = parallel.make_mesh()
+  target = parallel.replicate(_state(seed=1), mesh)
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
+    restored, _, _ = ckpt.restore(target)
+  for got, want in zip(jax.tree.leaves(checkpoint.state_tree(restored)),
+                       jax.tree.leaves(checkpoint.state_tree(target))):
+    assert got.sharding == want.sharding
+    assert got.sharding != jax.tree.leaves(state.params)[0].sharding
+  _assert_trees_equal(checkpoint.state_tree(restored),
+                      checkpoint.state_tree(state))
+
+
+@pytest.mark.parametrize('error,line', [
+    (ValueError('first\nsecond'), 'ValueError: first'),
+    (OSError(''), 'OSError'),
+    (ValueError('  \n'), 'ValueError'),
+    (KeyError('BOX'), "KeyError: 'BOX'"),
+    (RuntimeError('a: BOX'), 'RuntimeError: a: BOX'),
+    (ValueError('x' * 400), 'ValueError: ' + 'x' * 300),
+])
+def test_one_line_error_summary(error, line):
+  # How each unreadable checkpoint's error is named in messages and logs.
+  assert checkpoint._one_line(error) == line
 
 
 def _final_params(workdir):

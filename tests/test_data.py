@@ -4,21 +4,16 @@ import gzip
 import io
 import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dynamic_at import data as D
+from tests import run_utils
+from tests.run_utils import CIFAR_DIR
+from tests.run_utils import MNIST_DIR
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
-MNIST_DIR = SHARED_DATA / 'mnist'
-CIFAR_DIR = SHARED_DATA / 'cifar10-jpeg-subset'
-
-
-def _require(path):
-  if not path.exists():
-    pytest.skip(f'shared data folder {path} is missing')
+_require = run_utils.require
 
 
 # ---------------------------------------------------------------------------

@@ -91,8 +91,25 @@ def test_per_example_eps_and_vmap_and_grad():
 
 
 def test_shape_mismatch_is_an_error():
-  with pytest.raises(ValueError, match='same shape'):
+  with pytest.raises(ValueError) as info:
     fosc(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((2, 4)), 0.1)
+  assert str(info.value) == ('fosc: x (2, 3), x0 (2, 3) and grad (2, 4) must '
+                             'have the same shape')
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_eps_is_cast_to_the_inputs_dtype(dtype):
+  # eps = 0.1 is not representable in half precision (bfloat16 rounds it up,
+  # float16 down). A PGD in that dtype reaches the vertex x0 + eps * sign(g)
+  # with eps in that dtype, where the FOSC must be exactly 0 (not the rounding
+  # difference to a float32 eps), in the inputs' dtype.
+  x0 = jnp.zeros((2, 3), dtype)
+  g = jnp.array([[1.0, -2.0, 3.0], [0.5, 0.25, -1.0]], dtype)
+  x = x0 + jnp.asarray(0.1, dtype) * jnp.sign(g)
+  for eps in (jnp.float32(0.1), jnp.full((2,), 0.1, jnp.float32)):
+    out = _fosc_jit(x, x0, g, eps)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(np.float32(out), np.zeros(2, np.float32))
 
 
 def test_threshold_schedule():
@@ -100,3 +117,16 @@ def test_threshold_schedule():
   np.testing.assert_allclose(c, [0.5, 0.25, 0.005, 0.0, 0.0], atol=1e-7)
   # Traced epoch: no retrace needed to change it.
   np.testing.assert_allclose(jax.jit(fosc_threshold)(10, 0.5, 40), 0.375)
+
+
+def test_threshold_is_float32_even_with_x64_inputs():
+  # The documented float32 result; only float64 inputs (with jax_enable_x64)
+  # could change it.
+  with jax.enable_x64(True):
+    c = fosc_threshold(np.float64(10.0), np.float64(0.5), 40)
+    assert c.dtype == jnp.float32
+    assert float(c) == 0.375
+    c = fosc_threshold(np.float64(10.0), 0.5, 40)
+    assert c.dtype == jnp.float32
+    c = fosc_threshold(10, np.float64(0.5), 40)
+    assert c.dtype == jnp.float32

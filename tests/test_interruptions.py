@@ -8,6 +8,7 @@ pieces in-process.
 
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -376,14 +377,66 @@ def test_no_readable_checkpoint_is_one_clear_error(tmp_path):
   assert _snapshot(tmp_path) == before
 
 
-def test_read_only_restore_skips_without_moving(tmp_path):
+def test_unreadable_newest_are_moved_aside_with_a_free_name(tmp_path, caplog):
+  # The Checkpointer alone (no training run): steps 3 and 2 cannot be read,
+  # 1 can. Each unreadable one is renamed, bytes intact, to <step>.unreadable,
+  # or <step>.unreadable2, ... when that exists from an earlier move.
+  state = _stepped_state()
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=4) as ckpt:
+    for step in (1, 2, 3):
+      ckpt.save(step, state, meta={'a': step})
+  (tmp_path / '3.unreadable').mkdir()
+  _damage(tmp_path / '3', 'meta')
+  _damage(tmp_path / '2', 'arrays')
+  damaged = {s: _snapshot(tmp_path / str(s)) for s in (2, 3)}
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=4) as ckpt:
+    with caplog.at_level(logging.WARNING, logger='dynamic_at.checkpoint'):
+      restored, _, meta = ckpt.restore(_state(seed=1))
+    assert meta == {'a': 1}
+    assert ckpt.all_steps() == (1,)
+    moved = {2: str(tmp_path / '2.unreadable'),
+             3: str(tmp_path / '3.unreadable2')}
+    assert [(s, m) for s, m, _ in ckpt.moved_aside] == [(3, moved[3]),
+                                                         (2, moved[2])]
+    errors = {s: e for s, _, e in ckpt.moved_aside}
+  assert errors[3].startswith('UnicodeDecodeError: ')
+  assert errors[2].startswith('ValueError: ')
+  assert [r.getMessage() for r in caplog.records
+          if r.name == 'dynamic_at.checkpoint'] == [
+      f'checkpoint step {s} in {tmp_path} could not be read ({errors[s]}); '
+      f'moved aside to {moved[s]}' for s in (3, 2)]
+  assert sorted(os.listdir(tmp_path)) == ['1', '2.unreadable', '3.unreadable',
+                                          '3.unreadable2']
+  for s in (2, 3):
+    assert {k.replace(moved[s], str(tmp_path / str(s))): v[0]
+            for k, v in _snapshot(moved[s]).items()} == {
+                k: v[0] for k, v in damaged[s].items()}
+  _assert_trees_equal(checkpoint.state_tree(restored),
+                      checkpoint.state_tree(state))
+
+
+def test_read_only_restore_skips_without_moving(tmp_path, caplog):
   state = _two_checkpoints(tmp_path)
   _damage(tmp_path / '2', 'meta')
+  before = _snapshot(tmp_path)
   with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
-    restored, _, meta = ckpt.restore(_state(seed=1))
+    with caplog.at_level(logging.WARNING, logger='dynamic_at.checkpoint'):
+      restored, _, meta = ckpt.restore(_state(seed=1))
     assert meta == {'a': 1}
     assert [(s, m) for s, m, _ in ckpt.moved_aside] == [(2, None)]
+    error = ckpt.moved_aside[0][2]
+    ckpt.save(3, state)  # skipped: read-only never writes
+    ckpt.wait_until_finished()
+  assert [r.getMessage() for r in caplog.records
+          if r.name == 'dynamic_at.checkpoint'] == [
+      f'checkpoint step 2 in {tmp_path} could not be read ({error}); skipped']
   assert sorted(os.listdir(tmp_path)) == ['1', '2']
+  assert _snapshot(tmp_path) == before  # no file written, moved or touched
+  # Opening a folder that does not exist read-only creates nothing.
+  with checkpoint.Checkpointer(tmp_path / 'missing', read_only=True) as ckpt:
+    with pytest.raises(FileNotFoundError):
+      ckpt.restore(_state(seed=1))
+  assert not (tmp_path / 'missing').exists()
   _assert_trees_equal(checkpoint.state_tree(restored),
                       checkpoint.state_tree(state))
 
