@@ -60,14 +60,17 @@ def truncate_metrics(workdir: str, first_epoch: int) -> None:
   rows = read_metrics(workdir)
   kept = [r for r in rows if r.get('epoch', -1) < first_epoch]
   if len(kept) != len(rows):
-    files.atomic_write_text(os.path.join(workdir, METRICS_FILE),
-                            ''.join(json.dumps(r) + '\n' for r in kept))
+    _write_metrics(workdir, kept)
 
 
 def append_metrics(workdir: str, row: Mapping[str, Any]) -> None:
   """Adds ``row`` to ``metrics.jsonl`` by rewriting it atomically (a failed
   write leaves the previous rows intact, never a half line)."""
-  rows = read_metrics(workdir) + [dict(row)]
+  _write_metrics(workdir, read_metrics(workdir) + [dict(row)])
+
+
+def _write_metrics(workdir: str, rows: List[Mapping[str, Any]]) -> None:
+  """Replaces ``metrics.jsonl`` atomically by ``rows``, one JSON line each."""
   files.atomic_write_text(os.path.join(workdir, METRICS_FILE),
                           ''.join(json.dumps(r) + '\n' for r in rows))
 
