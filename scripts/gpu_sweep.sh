@@ -7,9 +7,9 @@
 # Runs `python -m experiments.sweep` with JOBS (default 6) runs sharing the
 # GPU; the sweep stops its runs with SIGINT (they checkpoint) when SECONDS
 # (default 540) minus 40 have passed. Every 60 s and at the end,
-# OUT_DIR/<run>.tgz is rewritten with the run's flags.json, metrics.jsonl,
-# results, figures, newest checkpoint and FOSC arrays, and OUT_DIR/logs.tgz
-# with the logs. Unpack them into the sweep's runs folder
+# OUT_DIR/<variant>.tgz is rewritten with its runs' flags.json,
+# metrics.jsonl, results, figures, newest checkpoint and some FOSC arrays (see
+# pack), and OUT_DIR/logs.tgz with the logs. Unpack them into the sweep's runs folder
 # (workdirs/<grid name>/) on any machine and rerun the same sweep command
 # there: finished runs are skipped, unfinished ones resume.
 #
@@ -30,20 +30,33 @@ mkdir -p "$RUNS" "$OUT"
 exec > >(tee -a "$RUNS/driver.log") 2>&1
 . scripts/gpu_env.sh
 
+# The trip back takes at most 8 files of 16 MiB, 64 MiB in all: one tarball
+# per variant (all its seeds) and logs.tgz, each run with its newest
+# checkpoint and the FOSC arrays of the epochs in FOSC_EPOCHS (default 0, 4,
+# 9, 14, ..., the rest stay on the machine).
+FOSC_EPOCHS=${FOSC_EPOCHS:-$(seq -s ' ' 4 5 999)}
 pack() {
-  local d name ckpt items
+  local d name variant ckpt f e
+  declare -A items=()
   for d in "$RUNS"/*/; do
     name=$(basename "$d")
-    items=()
-    for f in flags.json metrics.jsonl tb fosc fosc_histograms.png \
+    variant=${name%_seed*}
+    for f in flags.json metrics.jsonl tb fosc_histograms.png \
       training_curves.png results.json results.md; do
-      [[ -e $d/$f ]] && items+=("$name/$f")
+      [[ -e $d/$f ]] && items[$variant]+=" $name/$f"
+    done
+    for e in 0 $FOSC_EPOCHS; do
+      f=$(printf 'fosc/epoch_%04d.npy' "$e")
+      [[ -e $d/$f ]] && items[$variant]+=" $name/$f"
     done
     ckpt=$(ls "$d/checkpoints" 2> /dev/null | grep -E '^[0-9]+$' | sort -n |
       tail -1)
-    [[ -n $ckpt ]] && items+=("$name/checkpoints/$ckpt")
-    tar czf "$OUT/$name.tgz.part" -C "$RUNS" "${items[@]}" 2> /dev/null &&
-      mv "$OUT/$name.tgz.part" "$OUT/$name.tgz"
+    [[ -n $ckpt ]] && items[$variant]+=" $name/checkpoints/$ckpt"
+  done
+  for variant in "${!items[@]}"; do
+    # shellcheck disable=SC2086  # the names hold no spaces
+    tar czf "$OUT/$variant.tgz.part" -C "$RUNS" ${items[$variant]} \
+      2> /dev/null && mv "$OUT/$variant.tgz.part" "$OUT/$variant.tgz"
   done
   (cd "$RUNS" && tar czf "$OUT/logs.tgz.part" ./*.log table.* 2> /dev/null) &&
     mv "$OUT/logs.tgz.part" "$OUT/logs.tgz"
