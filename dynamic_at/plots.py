@@ -19,7 +19,7 @@ functions, so importing :mod:`dynamic_at` stays light.
 """
 
 import math
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,6 +48,22 @@ def _new_figure(width: float, height: float) -> Any:
   fig = Figure(figsize=(width, height), dpi=100, layout='constrained')
   FigureCanvasAgg(fig)
   return fig
+
+
+def _new_axes(width: float, height: float) -> Tuple[Any, Any]:
+  """A :func:`_new_figure` with one pair of axes."""
+  fig = _new_figure(width, height)
+  return fig, fig.subplots()
+
+
+def _coloured(groups: Mapping[str, Any],
+              first: int = 0) -> Iterator[Tuple[str, str, np.ndarray,
+                                                np.ndarray]]:
+  """``(colour, label, x, y)`` of each ``label -> (x, y) points`` entry, in
+  order, with matplotlib's colour cycle from ``C<first>``."""
+  for i, (label, points) in enumerate(groups.items(), first):
+    xy = _xy(points)
+    yield f'C{i % 10}', label, xy[:, 0], xy[:, 1]
 
 
 def _save(fig: Any, path: PathLike) -> str:
@@ -153,8 +169,7 @@ def fosc_histograms(fosc_by_epoch: Mapping[int, Any], path: PathLike, *,
   """
   stages = select_stages(fosc_by_epoch, max_stages)
   lo, hi = _common_range([_finite(fosc_by_epoch[e]) for e in stages], x_max)
-  fig = _new_figure(7.0, 4.5)
-  ax = fig.add_subplot()
+  fig, ax = _new_axes(7.0, 4.5)
   if stages:
     _draw_stages(ax, fosc_by_epoch, stages, np.linspace(lo, hi, num_bins + 1))
   else:
@@ -366,12 +381,9 @@ def cost_robustness(points: Mapping[str, Sequence[Tuple[float, float]]],
   Returns:
     ``path``.
   """
-  fig = _new_figure(6.5, 4.5)
-  ax = fig.subplots()
-  for i, (group, pts) in enumerate(points.items()):
-    pts = _xy(pts)
-    ax.scatter(pts[:, 0], pts[:, 1], color=f'C{i % 10}', label=group,
-               s=36, alpha=0.85)
+  fig, ax = _new_axes(6.5, 4.5)
+  for colour, group, x, y in _coloured(points):
+    ax.scatter(x, y, color=colour, label=group, s=36, alpha=0.85)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
@@ -399,16 +411,12 @@ def thresholds_and_fosc(thresholds: Mapping[str, Sequence[Tuple[int, float]]],
   Returns:
     ``path``.
   """
-  fig = _new_figure(9.0, 4.5)
-  ax = fig.subplots()
-  for i, (label, pts) in enumerate(thresholds.items()):
-    pts = _xy(pts)
-    ax.plot(pts[:, 0], pts[:, 1], linestyle='--', drawstyle='steps-post',
-            color=f'C{i % 10}', label=label)
-  for j, (label, pts) in enumerate(fosc.items()):
-    pts = _xy(pts)
-    ax.plot(pts[:, 0], pts[:, 1], marker='o', markersize=4,
-            color=f'C{(len(thresholds) + j) % 10}', label=label)
+  fig, ax = _new_axes(9.0, 4.5)
+  for colour, label, x, y in _coloured(thresholds):
+    ax.plot(x, y, linestyle='--', drawstyle='steps-post', color=colour,
+            label=label)
+  for colour, label, x, y in _coloured(fosc, first=len(thresholds)):
+    ax.plot(x, y, marker='o', markersize=4, color=colour, label=label)
   ax.set_xlabel('epoch')
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
