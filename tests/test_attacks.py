@@ -419,3 +419,27 @@ def test_coordinates_without_gradient_do_not_move():
   flat, flat0 = np.asarray(x).reshape(4, -1), np.asarray(x0).reshape(4, -1)
   np.testing.assert_array_equal(flat[:, :d // 2], flat0[:, :d // 2])
   assert np.all(flat[:, d // 2:] != flat0[:, d // 2:])
+
+
+@pytest.mark.parametrize('batch, compact, expected', [
+    # Off: one buffer of the whole batch.
+    (128, False, (128,)),
+    (128, None, (128,)),
+    (128, 0, (128,)),
+    # True: eighths of the batch down to 16 (the documented default).
+    (128, True, (128, 112, 96, 80, 64, 48, 32, 16)),
+    # An integer is the smallest buffer; 1 is not True's 16.
+    (128, 32, (128, 112, 96, 80, 64, 48, 32)),
+    (8, 1, (8, 7, 6, 5, 4, 3, 2, 1)),
+    (8, -3, (8, 7, 6, 5, 4, 3, 2, 1)),
+    # Eighths, then halving while even and still >= the smallest.
+    (256, True, (256, 224, 192, 160, 128, 96, 64, 32, 16)),
+    # Not a multiple of 8: halving only, while even.
+    (100, True, (100, 50, 25)),
+    (100, 30, (100, 50)),
+    # No bucket smaller than the batch reaches the smallest size.
+    (16, True, (16,)),
+])
+def test_compaction_bucket_sizes(batch, compact, expected):
+  from dynamic_at import _attacks  # pylint: disable=g-import-not-at-top
+  assert _attacks._bucket_sizes(batch, compact) == expected
