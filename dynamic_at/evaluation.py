@@ -21,7 +21,8 @@ This module never reads absl flags; every function takes explicit arguments.
 
 import functools
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional,
+                    Sequence, Tuple)
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,10 @@ PAPER_ATTACKS = ('clean', 'fgsm', 'pgd10', 'pgd20', 'cw_inf')
 STRONG_ATTACKS = PAPER_ATTACKS + ('apgd_ce', 'apgd_t')
 
 WORST_CASE = 'worst_case'
+
+# With ``cascade=True`` these attack only the examples that every attack
+# before them left correctly classified (AutoAttack's practice).
+CASCADE_ATTACKS = ('apgd_ce', 'apgd_t')
 
 # Each attack folds its own fixed number into the batch key, so an attack's
 # random start does not depend on which other attacks run or in what order.
@@ -174,6 +179,22 @@ def _accuracy(correct: np.ndarray) -> float:
   return float(100.0 * np.mean(correct))
 
 
+def _padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                    mesh: Optional[Mesh]
+                    ) -> Iterator[Tuple[int, int, jax.Array, jax.Array]]:
+  """``(batch index, real examples, x, y)`` of each batch; the last batch is
+  padded to ``batch_size`` with copies of its last example."""
+  n = int(images.shape[0])
+  for b in range(math.ceil(n / batch_size)):
+    lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+    x, y = images[lo:hi], labels[lo:hi]
+    if hi - lo < batch_size:
+      pad = batch_size - (hi - lo)
+      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+      y = np.concatenate([y, np.repeat(y[-1:], pad, axis=0)])
+    yield b, hi - lo, _place_batch(x, mesh), _place_batch(y, mesh)
+
+
 def evaluate(apply_fn: ApplyFn,
              variables: Any,
              images: np.ndarray,
@@ -184,7 +205,8 @@ def evaluate(apply_fn: ApplyFn,
              batch_size: int = 500,
              mesh: Optional[Mesh] = None,
              attacks: Sequence[str] = PAPER_ATTACKS,
-             source: Optional[Tuple[ApplyFn, Any]] = None) -> Dict[str, Any]:
+             source: Optional[Tuple[ApplyFn, Any]] = None,
+             cascade: bool = False) -> Dict[str, Any]:
   """White-box (and optionally black-box) accuracy under the paper's attacks.
 
   The model is ``lambda x: apply_fn(variables, x, train=False)`` (inference
@@ -217,6 +239,14 @@ def evaluate(apply_fn: ApplyFn,
       accuracy, i.e. the target's accuracy on examples crafted on the source
       model with each of the paper's attacks except ``'clean'`` (APGD is
       white-box only).
+    cascade: run each of :data:`CASCADE_ATTACKS` (APGD) only on the examples
+      that every attack listed before it in ``attacks`` left correctly
+      classified, as AutoAttack does; the others count as broken for it. Its
+      accuracy is then the robust accuracy of it and all attacks before it
+      (cumulative), ``worst_case`` measures what it measures without
+      ``cascade``, and its cost falls with the share of examples still
+      robust. Its batches hold only those examples, so its random starts
+      (and hence single outcomes) differ from a run without ``cascade``.
 
   Returns:
     ``{'white_box': {attack: accuracy}, 'black_box': {attack: accuracy} or
@@ -259,31 +289,40 @@ def evaluate(apply_fn: ApplyFn,
   apply_fn = _static_fn(apply_fn)
   eps = np.float32(eps)  # numpy scalars: fine as jit inputs on every host
 
-  white = {a: [] for a in attacks}
+  cascaded = tuple(a for a in attacks if cascade and a in CASCADE_ATTACKS)
+  direct = tuple(a for a in attacks if a not in cascaded)
+  white = {a: [] for a in direct}
   black = {a: [] for a in black_attacks}
-  num_batches = math.ceil(n / batch_size)
-  for b in range(num_batches):
-    lo, hi = b * batch_size, min((b + 1) * batch_size, n)
-    x, y = images[lo:hi], labels[lo:hi]
-    if hi - lo < batch_size:  # pad with copies of the last example
-      pad = batch_size - (hi - lo)
-      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-      y = np.concatenate([y, np.repeat(y[-1:], pad, axis=0)])
-    x, y = _place_batch(x, mesh), _place_batch(y, mesh)
+  for b, m, x, y in _padded_batches(images, labels, batch_size, mesh):
     index = np.int32(b)
-    for a in attacks:
-      white[a].append((hi - lo, _batch_correct(
+    for a in direct:
+      white[a].append((m, _batch_correct(
           variables, None, x, y, eps, key, index, apply_fn=apply_fn,
           source_apply_fn=None, attack=a)))
     for a in black_attacks:
-      black[a].append((hi - lo, _batch_correct(
+      black[a].append((m, _batch_correct(
           variables, source_variables, x, y, eps, key, index,
           apply_fn=apply_fn, source_apply_fn=source_apply_fn, attack=a)))
 
   def gather(parts):  # device results -> host, padding dropped
+    if not parts:
+      return np.zeros((0,), bool)
     return np.concatenate([_to_host(c)[:m] for m, c in parts]).astype(bool)
 
   per_white = {a: gather(parts) for a, parts in white.items()}
+  for a in cascaded:  # on the examples every attack before it left correct
+    alive = np.logical_and.reduce(
+        [per_white[p] for p in attacks[:attacks.index(a)]] +
+        [np.ones((n,), bool)])
+    chosen = np.flatnonzero(alive)
+    parts = [(m, _batch_correct(variables, None, x, y, eps, key,
+                                np.int32(b), apply_fn=apply_fn,
+                                source_apply_fn=None, attack=a))
+             for b, m, x, y in _padded_batches(
+                 images[chosen], labels[chosen], batch_size, mesh)]
+    per_white[a] = np.zeros((n,), bool)
+    per_white[a][chosen] = gather(parts)
+  per_white = {a: per_white[a] for a in attacks}
   if sum(a != 'clean' for a in attacks) > 1:
     per_white[WORST_CASE] = np.logical_and.reduce(
         [per_white[a] for a in attacks])

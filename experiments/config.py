@@ -265,6 +265,13 @@ class Config:
       '(AutoAttack, 100 steps, 9 targets) and the per-example worst case '
       'over all of them.', choices=tuple(ATTACK_SETS),
       may_differ_on_resume=True)
+  attack_cascade: bool = setting(
+      False, 'With --attacks=strong, run APGD-CE and APGD-T only on the test '
+      'examples that every attack before them left correctly classified '
+      '(as AutoAttack does): the worst case measures the same, their columns '
+      'become cumulative, and they cost in proportion to the examples still '
+      'robust.',
+      may_differ_on_resume=True)
   log_every_steps: int = setting(
       50, 'Fetch metrics from the devices (and check for NaN) every this many '
       'steps.', check=at_least(1), may_differ_on_resume=True)

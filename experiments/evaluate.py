@@ -12,9 +12,9 @@ PGD-10, PGD-20, CW-inf), and with ``--source_workdir`` also black-box
       --source_workdir=runs/mnist_standard --num_eval_examples=10000
 
 Only ``--data_dir``, ``--num_eval_examples``, ``--eval_batch_size``,
-``--source_workdir``, ``--attacks`` and ``--multihost`` are read from the
-command line (each falls back to the run's saved value); the other flags come
-from the run's ``flags.json``.
+``--source_workdir``, ``--attacks``, ``--attack_cascade`` and ``--multihost``
+are read from the command line (each falls back to the run's saved value);
+the other flags come from the run's ``flags.json``.
 
 With ``--weights=FILE`` it evaluates a weights file instead
 (:func:`dynamic_at.weights.save_weights`, e.g. ``results/.../model.msgpack``)
@@ -48,7 +48,7 @@ _WEIGHTS = flags.DEFINE_string(
     'checkpoint of --workdir; --workdir is then only where results go.')
 
 OVERRIDABLE = ('data_dir', 'num_eval_examples', 'eval_batch_size',
-               'source_workdir', 'attacks', 'multihost',
+               'source_workdir', 'attacks', 'attack_cascade', 'multihost',
                'coordinator_address', 'num_processes', 'process_id')
 for _name in ('workdir',) + OVERRIDABLE:
   flags.declare_key_flag(_name)

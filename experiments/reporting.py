@@ -122,6 +122,10 @@ def results_markdown(results: Mapping[str, Any], *, title: str) -> str:
     lines.append(row('black-box', black))
   lines += ['', f'Evaluated on {results.get("num_eval_examples", "?")} '
             'examples.']
+  if (results.get('flags') or {}).get('attack_cascade'):
+    lines.append('APGD-CE and APGD-T ran as a cascade (--attack_cascade): '
+                 'each on the examples every attack before it left correct, '
+                 'so their columns are cumulative.')
   if results.get('wall_time_s') is not None:
     lines.append('Training time (as the run recorded it): '
                  f'{float(results["wall_time_s"]):.1f} s.')
@@ -260,7 +264,8 @@ def evaluate_and_report(config: Config, state: train.TrainState,
   results = evaluation.evaluate(
       state.apply_fn, model_variables(state), test_ds.images, test_ds.labels,
       eps=config.eps, key=key, batch_size=batch_size, mesh=mesh,
-      attacks=ATTACK_SETS[config.attacks], source=src)
+      attacks=ATTACK_SETS[config.attacks], source=src,
+      cascade=config.attack_cascade)
   n1 = min(EPS_ONE_EXAMPLES, test_ds.num_examples)
   eps_one = evaluation.accuracy_at_eps_one(
       state.apply_fn, model_variables(state), test_ds.images[:n1],

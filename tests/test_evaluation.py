@@ -119,6 +119,57 @@ def test_strong_worst_case_over_apgd_and_paper_attacks():
   assert set(r['black_box']) == set(evaluation.PAPER_ATTACKS) - {'clean'}
 
 
+def test_cascade_attacks_only_the_examples_still_robust():
+  """With cascade=True, APGD-CE runs on exactly the examples the paper's
+  attacks all left correct and APGD-T on those APGD-CE also left correct:
+  each equals a plain evaluation of that attack on those examples (same key
+  and batch size), every other example counts as broken, and the paper's
+  attacks are untouched."""
+  n, batch = 37, 16
+  x, y = _data(n)
+  plain = _eval(n=n, batch_size=batch, attacks=evaluation.STRONG_ATTACKS)
+  casc = _eval(n=n, batch_size=batch, attacks=evaluation.STRONG_ATTACKS,
+               cascade=True)
+  per_p, per_c = plain['per_example']['white_box'], casc['per_example'][
+      'white_box']
+  for a in evaluation.PAPER_ATTACKS:
+    np.testing.assert_array_equal(per_c[a], per_p[a])
+  before = np.logical_and.reduce([per_p[a] for a in evaluation.PAPER_ATTACKS])
+  # The paper's attacks break some examples and leave at least one batch's
+  # worth of work, so the cascade has something to skip and to attack.
+  assert 0 < before.sum() < n
+  for a in evaluation.CASCADE_ATTACKS:
+    chosen = np.flatnonzero(before)
+    alone = evaluation.evaluate(_MLP.apply, _MLP_VARS, x[chosen], y[chosen],
+                                eps=0.1, key=jax.random.key(1),
+                                batch_size=batch, attacks=(a,))
+    expected = np.zeros(n, bool)
+    expected[chosen] = alone['per_example']['white_box'][a]
+    np.testing.assert_array_equal(per_c[a], expected)
+    assert casc['white_box'][a] == pytest.approx(100.0 * expected.mean())
+    before = before & per_c[a]
+  np.testing.assert_array_equal(per_c['worst_case'], before)
+  # Cumulative columns: APGD-T's survivors are APGD-CE's survivors, and the
+  # last attack's column is the worst case.
+  assert not np.any(per_c['apgd_t'] & ~per_c['apgd_ce'])
+  assert casc['white_box']['apgd_t'] == casc['white_box']['worst_case']
+
+
+def test_cascade_with_nothing_left_to_attack():
+  """Labels no prediction matches: clean accuracy 0, so the cascaded APGD
+  attacks have no example to run on and report 0 without an error."""
+  x, _ = _data(10)
+  pred = np.argmax(np.asarray(_MLP.apply(_MLP_VARS, x)), -1)
+  y = ((pred + 1) % _NUM_CLASSES).astype(np.int32)
+  r = evaluation.evaluate(_MLP.apply, _MLP_VARS, x, y, eps=0.1,
+                          key=jax.random.key(1), batch_size=4,
+                          attacks=('clean', 'apgd_ce', 'apgd_t'),
+                          cascade=True)
+  assert r['white_box'] == {'clean': 0.0, 'apgd_ce': 0.0, 'apgd_t': 0.0,
+                            'worst_case': 0.0}
+  assert r['per_example']['white_box']['apgd_t'].shape == (10,)
+
+
 def test_batching_does_not_change_deterministic_attacks():
   """The padded last batch (37 = 16 + 16 + 5) gives exactly what one batch
   of 37 gives, for the deterministic clean and FGSM evaluations."""

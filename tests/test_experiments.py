@@ -151,6 +151,30 @@ def test_evaluate_entry_point_black_box(mnist_run, tmp_path, subprocess_env):
   assert results['step'] == 8
 
 
+def test_evaluate_strong_attacks_as_a_cascade(mnist_run, tmp_path,
+                                              subprocess_env):
+  """--attacks=strong --attack_cascade from the command line: APGD runs as a
+  cascade, so its last column is the worst case, and the report says so;
+  the run's own results.json is not touched."""
+  workdir, _ = mnist_run
+  before = (workdir / 'results.json').read_bytes()
+  target = tmp_path / 'target'
+  shutil.copytree(workdir, target)
+  proc = _run('experiments.evaluate', [
+      f'--workdir={target}', '--attacks=strong', '--attack_cascade',
+      '--num_eval_examples=16', f'--data_dir={MNIST_DIR}'], subprocess_env)
+  results = json.loads((target / 'results.json').read_text())
+  white = results['white_box']
+  assert results['flags']['attack_cascade'] is True
+  assert results['flags']['attacks'] == 'strong'
+  assert white['apgd_t'] == white['worst_case']
+  assert white['apgd_t'] <= white['apgd_ce'] <= min(
+      white[a] for a in ('clean', 'fgsm', 'pgd10', 'pgd20', 'cw_inf'))
+  assert 'ran as a cascade' in (target / 'results.md').read_text()
+  assert 'ran as a cascade' in proc.stdout
+  assert (workdir / 'results.json').read_bytes() == before
+
+
 def test_cifar10_end_to_end(tmp_path, subprocess_env):
   _require(CIFAR_DIR)
   workdir = tmp_path / 'run'
