@@ -5,6 +5,8 @@
 * :func:`threshold_vs_fosc`: per epoch, each Dynamic variant's ``c_t``
   beside the median FOSC of the Standard runs' training adversarial examples
   (and of each Dynamic variant's own, seed by seed).
+* :func:`per_epoch`: per epoch, every run's mean PGD steps per training
+  example and test PGD-20, one colour per variant, one line style per seed.
 """
 
 import glob
@@ -61,3 +63,23 @@ def threshold_vs_fosc(results: Sequence, path: str,
   return plots.thresholds_and_fosc(
       thresholds, fosc, path,
       title="Dynamic's c_t and Standard's median training FOSC")
+
+
+_SEED_STYLES = ('-', '--', ':', '-.')
+
+
+def per_epoch(results: Sequence, path: str) -> str:
+  """Each run's per-epoch PGD steps and test PGD-20 (``metrics.jsonl``)."""
+  variants = list(dict.fromkeys(r.variant for r in results))
+  seeds = sorted({r.seed for r in results})
+  rows, styles = {}, {}
+  for r in results:
+    rows[r.name] = r.rows
+    styles[r.name] = {
+        'color': f'C{variants.index(r.variant) % 10}',
+        'linestyle': _SEED_STYLES[seeds.index(r.seed) % len(_SEED_STYLES)]}
+  return plots.curves_by_method(
+      rows, path, keys=(('steps_mean', 'mean PGD steps per training example'),
+                        ('test_pgd20', 'test PGD-20 accuracy (%)')),
+      styles=styles,
+      title='Each run, per epoch (colour: variant; line style: seed)')

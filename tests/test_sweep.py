@@ -240,7 +240,7 @@ def test_tiny_grid_end_to_end_then_skips_finished_runs(tmp_path,
   assert float(table[0]['pgd20_mean']) == pytest.approx(np.mean(pgd20))
   assert float(table[0]['pgd20_min']) == min(pgd20)
   for png in ('pgd20_vs_gradient_evaluations.png',
-              'c_t_vs_standard_fosc.png'):
+              'c_t_vs_standard_fosc.png', 'steps_and_pgd20_per_epoch.png'):
     assert (results_dir / png).read_bytes()[:4] == b'\x89PNG'
   assert '| standard | 0,1 |' in (results_dir / 'table.md').read_text()
   epochs = (results_dir / 'epochs.md').read_text().splitlines()
@@ -284,3 +284,34 @@ def test_relative_paths(monkeypatch, tmp_path):
   out = json.loads(sweep._relative_paths(text))  # pylint: disable=protected-access
   assert out == {'workdir': 'workdirs/a', 'data_dir': '../shared/data/mnist'}
   assert Path(out['workdir']).parts[0] == 'workdirs'
+
+
+def test_per_epoch_figure_colours_variants_and_styles_seeds(tmp_path,
+                                                            monkeypatch):
+  """One colour per variant (in order of appearance), one line style per
+  seed, every run's own rows, the steps and PGD-20 panels."""
+  from experiments import sweep_figures  # pylint: disable=g-import-not-at-top
+  drawn = {}
+
+  def fake(rows, path, **kwargs):
+    drawn.update(rows=rows, path=path, **kwargs)
+    return path
+
+  monkeypatch.setattr(sweep_figures.plots, 'curves_by_method', fake)
+  results = []
+  for variant in ('standard', 'dynamic'):
+    for seed in (0, 1, 2):
+      rows = [{'epoch': 0, 'steps_mean': 10.0 - seed, 'test_pgd20': 50.0}]
+      results.append(sweep.RunResult(
+          name=f'{variant}_seed{seed}', variant=variant, seed=seed,
+          white_box={}, grad_evals=0.0, train_time_s=0.0,
+          num_eval_examples=0, rows=rows, workdir=''))
+  path = str(tmp_path / 'f.png')
+  assert sweep_figures.per_epoch(results, path) == path
+  assert drawn['path'] == path
+  assert [k for k, _ in drawn['keys']] == ['steps_mean', 'test_pgd20']
+  assert drawn['rows'] == {r.name: r.rows for r in results}
+  assert drawn['styles'] == {
+      f'{v}_seed{s}': {'color': c, 'linestyle': ls}
+      for v, c in (('standard', 'C0'), ('dynamic', 'C1'))
+      for s, ls in ((0, '-'), (1, '--'), (2, ':'))}
