@@ -51,15 +51,18 @@ def _write(tmp_path, grid, name='grid.json'):
 
 def test_every_committed_grid_is_tested():
   assert sorted(p.name for p in GRIDS.glob('*.json')) == [
-      'cifar10_subset_cpu.json', 'mnist_dynamic_study.json',
-      'mnist_dynamic_study_cpu.json']
+      'cifar10_subset_cpu.json', 'cifar10_subset_gpu.json',
+      'mnist_dynamic_study.json', 'mnist_dynamic_study_cpu.json']
 
 
-def test_cifar10_subset_grid_is_the_paper_schedule_shortened(monkeypatch):
+@pytest.mark.parametrize('name, factor', [('cpu', 5), ('gpu', 1)])
+def test_cifar10_subset_grids_are_the_paper_schedule(monkeypatch, name,
+                                                     factor):
   """The four methods with the paper's CIFAR-10 settings; 120 epochs, lr
-  drops at 60 and 100 and T' 100 all divided by the same factor 5."""
+  drops at 60 and 100 and T' 100, all divided by the same factor (5 for
+  the CPU grid, 1 for the GPU grid)."""
   monkeypatch.chdir(REPO)
-  grid = sweep.load_grid('experiments/grids/cifar10_subset_cpu.json')
+  grid = sweep.load_grid(f'experiments/grids/cifar10_subset_{name}.json')
   assert grid.dataset == 'cifar10' and grid.seeds == (0,)
   configs = {v.name: sweep.check_run(grid, sweep.RunSpec(v, 0))
              for v in grid.variants}
@@ -72,9 +75,9 @@ def test_cifar10_subset_grid_is_the_paper_schedule_shortened(monkeypatch):
     assert (c.learning_rate, c.momentum, c.weight_decay, c.batch_size) == (
         0.01, 0.9, 1e-4, 128)
     assert c.augment == 'crop_flip' and c.c_max == 0.5
-    assert c.num_epochs * 5 == 120
-    assert [e * 5 for e in c.lr_drop_epochs] == [60, 100]
-    assert c.t_prime * 5 == 100
+    assert c.num_epochs * factor == 120
+    assert [e * factor for e in c.lr_drop_epochs] == [60, 100]
+    assert c.t_prime * factor == 100
     assert c.eval_every_examples == 1000 and c.num_eval_examples == 0
 
 
@@ -100,6 +103,12 @@ def test_committed_grids_load(path, monkeypatch):
   assert authors.unclipped_random_start and authors.fosc_centre_random_start
   assert authors.loss_weighting and authors.keras_decay > 0
   assert not configs['dynamic_paper'].unclipped_random_start
+  # The full-schedule grid's equal-budget controls: Standard with K = 5, 6, 8
+  # and nothing else changed.
+  for k in (5, 6, 8):
+    if f'standard_k{k}' in configs:
+      assert configs[f'standard_k{k}'] == configs['standard'].replace(
+          num_steps=k, workdir=configs[f'standard_k{k}'].workdir)
 
 
 def test_run_command_line_order_and_names(tmp_path):
