@@ -540,6 +540,8 @@ def report(grid: Grid, runs_dir: str, results_dir: Optional[str],
           results_dir, 'c_t_vs_standard_fosc.png'))
       sweep_figures.per_epoch(results, os.path.join(
           results_dir, 'steps_and_pgd20_per_epoch.png'))
+      sweep_figures.fosc_by_variant(results, os.path.join(
+          results_dir, 'fosc_by_variant.png'))
   missing = [s.name for s in grid.runs()
              if s.name not in {r.name for r in results}]
   if missing:

@@ -7,6 +7,9 @@
   (and of each Dynamic variant's own, seed by seed).
 * :func:`per_epoch`: per epoch, every run's mean PGD steps per training
   example and test PGD-20, one colour per variant, one line style per seed.
+* :func:`fosc_by_variant`: the FOSC distribution of the training
+  adversarial examples at up to six epochs, one panel per variant (its
+  lowest seed), on a common axis.
 """
 
 import glob
@@ -30,11 +33,18 @@ def cost_robustness(results: Sequence, path: str) -> str:
       title='Each run: test PGD-20 against training cost')
 
 
+def fosc_epochs(workdir: str) -> Dict[int, str]:
+  """``epoch -> path`` of a run's saved FOSC arrays."""
+  out = {}
+  for f in glob.glob(os.path.join(workdir, FOSC_DIR, 'epoch_*.npy')):
+    out[int(os.path.basename(f)[len('epoch_'):-len('.npy')])] = f
+  return dict(sorted(out.items()))
+
+
 def median_fosc_per_epoch(workdir: str) -> List[Tuple[int, float]]:
   """``(epoch, median FOSC)`` of a run's training adversarial examples."""
   out = []
-  for f in sorted(glob.glob(os.path.join(workdir, FOSC_DIR, 'epoch_*.npy'))):
-    epoch = int(os.path.basename(f)[len('epoch_'):-len('.npy')])
+  for epoch, f in fosc_epochs(workdir).items():
     values = np.load(f)
     values = values[np.isfinite(values)]
     if values.size:
@@ -83,3 +93,30 @@ def per_epoch(results: Sequence, path: str) -> str:
                         ('test_pgd20', 'test PGD-20 accuracy (%)')),
       styles=styles,
       title='Each run, per epoch (colour: variant; line style: seed)')
+
+
+def fosc_by_variant(results: Sequence, path: str,
+                    max_stages: int = plots.MAX_STAGES,
+                    clip_quantile: float = 0.9) -> str:
+  """FOSC histograms at up to ``max_stages`` epochs, one panel per variant
+  (the run with its lowest seed; variants without FOSC arrays left out).
+  Values above the pooled ``clip_quantile`` are counted in the last bin."""
+  fosc: Dict[str, Dict[int, np.ndarray]] = {}
+  for r in sorted(results, key=lambda r: r.seed):
+    if r.variant in fosc:
+      continue
+    files = fosc_epochs(r.workdir)
+    if files:
+      fosc[r.variant] = {e: np.load(files[e]) for e in plots.select_stages(
+          list(files), max_stages)}
+  pooled = [v[np.isfinite(v)] for by_epoch in fosc.values()
+            for v in by_epoch.values()]
+  pooled = np.concatenate(pooled) if pooled else np.zeros((0,))
+  x_max = float(np.quantile(pooled, clip_quantile)) if pooled.size else None
+  if x_max is not None and x_max <= 0:
+    x_max = None
+  return plots.fosc_histograms_by_method(
+      fosc, path, max_stages=max_stages, x_max=x_max,
+      title='FOSC of the training adversarial examples (0 = converged inner '
+      f'maximization; above the {100 * clip_quantile:g}th percentile in the '
+      'last bin)')

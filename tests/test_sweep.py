@@ -249,7 +249,8 @@ def test_tiny_grid_end_to_end_then_skips_finished_runs(tmp_path,
   assert float(table[0]['pgd20_mean']) == pytest.approx(np.mean(pgd20))
   assert float(table[0]['pgd20_min']) == min(pgd20)
   for png in ('pgd20_vs_gradient_evaluations.png',
-              'c_t_vs_standard_fosc.png', 'steps_and_pgd20_per_epoch.png'):
+              'c_t_vs_standard_fosc.png', 'steps_and_pgd20_per_epoch.png',
+              'fosc_by_variant.png'):
     assert (results_dir / png).read_bytes()[:4] == b'\x89PNG'
   assert '| standard | 0,1 |' in (results_dir / 'table.md').read_text()
   epochs = (results_dir / 'epochs.md').read_text().splitlines()
@@ -324,3 +325,45 @@ def test_per_epoch_figure_colours_variants_and_styles_seeds(tmp_path,
       f'{v}_seed{s}': {'color': c, 'linestyle': ls}
       for v, c in (('standard', 'C0'), ('dynamic', 'C1'))
       for s, ls in ((0, '-'), (1, '--'), (2, ':'))}
+
+
+def test_fosc_figure_one_panel_per_variant_from_its_lowest_seed(tmp_path,
+                                                                monkeypatch):
+  """Each variant's lowest-seed run, at most max_stages of its saved epochs
+  (first and last included), the arrays as saved, and the last bin starting
+  at the pooled quantile; a variant without FOSC arrays has no panel."""
+  from experiments import sweep_figures  # pylint: disable=g-import-not-at-top
+  drawn = {}
+
+  def fake(fosc, path, **kwargs):
+    drawn.update(fosc=fosc, path=path, **kwargs)
+    return path
+
+  monkeypatch.setattr(sweep_figures.plots, 'fosc_histograms_by_method', fake)
+  results, saved = [], {}
+  for variant in ('standard', 'dynamic', 'unsecured'):
+    for seed in (1, 0):
+      workdir = tmp_path / f'{variant}_seed{seed}'
+      (workdir / 'fosc').mkdir(parents=True)
+      if variant != 'unsecured':
+        for epoch in range(7):
+          values = np.full(10, 100 * seed + epoch + (variant == 'dynamic'),
+                           np.float32)
+          np.save(workdir / 'fosc' / f'epoch_{epoch:04d}.npy', values)
+          saved[variant, seed, epoch] = values
+      results.append(sweep.RunResult(
+          name=workdir.name, variant=variant, seed=seed, white_box={},
+          grad_evals=0.0, train_time_s=0.0, num_eval_examples=0, rows=[],
+          workdir=str(workdir)))
+  path = str(tmp_path / 'f.png')
+  assert sweep_figures.fosc_by_variant(results, path, max_stages=3,
+                                       clip_quantile=0.5) == path
+  assert drawn['path'] == path and drawn['max_stages'] == 3
+  assert set(drawn['fosc']) == {'standard', 'dynamic'}
+  for variant in ('standard', 'dynamic'):
+    assert sorted(drawn['fosc'][variant]) == [0, 3, 6]
+    for epoch, values in drawn['fosc'][variant].items():
+      np.testing.assert_array_equal(values, saved[variant, 0, epoch])
+  # Pooled seed-0 values 0, 3, 6 (standard) and 1, 4, 7 (dynamic), 10 each:
+  # the median is 3.5.
+  assert drawn['x_max'] == pytest.approx(3.5)
