@@ -21,7 +21,15 @@ Usage:
 
   .venv-torch/bin/python -m benchmarks.vs_pytorch [--model mnist_cnn]
       [--batch 128] [--rounds 8] [--eval_batches 128 256 512]
-      [--torch_threads 2] [--skip_eval] [--skip_flops]
+      [--torch_threads 2] [--jax_devices 1] [--skip_eval] [--skip_flops]
+
+``--jax_devices N`` runs the training steps data-parallel over a mesh of N
+CPU devices (the project's one code path for 1..N devices), e.g. two
+single-threaded devices on a 2-core machine::
+
+  XLA_FLAGS="--xla_force_host_platform_device_count=2 \
+    --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+    .venv-torch/bin/python -m benchmarks.vs_pytorch --jax_devices 2
 """
 
 import argparse
@@ -59,19 +67,19 @@ def train_rows(args, torch, tr):
   x, y = _data(args.model, args.batch)
   eps = _EPS[args.model]
   shape = _SHAPES[args.model]
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh(jax.devices()[:args.jax_devices])
   tx = train.make_optimizer(learning_rate=0.01, momentum=0.9,
                             weight_decay=0.0, steps_per_epoch=1000)
-  batch = {'image': jnp.asarray(x), 'label': jnp.asarray(y)}
+  batch = parallel.global_batch({'image': x, 'label': y}, mesh)
   dev = args.torch_device
   xt = tr.to_torch_images(x).to(dev)
   yt = torch.from_numpy(y).long().to(dev)
-  key = jax.random.key(1)
+  key = parallel.replicate(jax.random.key(1), mesh)
   rows = []
   for method, k in (('standard', args.num_steps), ('unsecured', 0)):
     step = jax.jit(train.make_train_step(method, mesh), donate_argnums=0)
-    box = {'s': train.create_train_state(models.get_model(args.model),
-                                         jax.random.key(0), shape, tx)}
+    box = {'s': parallel.replicate(train.create_train_state(
+        models.get_model(args.model), jax.random.key(0), shape, tx), mesh)}
     ap = train.AttackParams.make(eps, eps / 4, k)
 
     def jax_side(step=step, box=box, ap=ap):
@@ -145,9 +153,19 @@ def main():
                       help='PyTorch intra-op threads (0: all cores, as XLA)')
   parser.add_argument('--torch_device', default='cpu',
                       help="'cpu' or 'cuda' (see run_gpu.sh)")
+  parser.add_argument('--jax_devices', type=int, default=1,
+                      help='train over a mesh of this many devices (CPU: set '
+                      'XLA_FLAGS=--xla_force_host_platform_device_count=N)')
   parser.add_argument('--skip_eval', action='store_true')
   parser.add_argument('--skip_flops', action='store_true')
   args = parser.parse_args()
+  if not 1 <= args.jax_devices <= jax.device_count():
+    parser.error(f'--jax_devices={args.jax_devices}: this process has '
+                 f'{jax.device_count()} device(s); on a CPU set XLA_FLAGS='
+                 f'--xla_force_host_platform_device_count={args.jax_devices}')
+  if args.batch % args.jax_devices:
+    parser.error(f'--batch={args.batch} must be divisible by --jax_devices='
+                 f'{args.jax_devices}')
 
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_reference as tr  # pylint: disable=g-import-not-at-top
@@ -158,7 +176,8 @@ def main():
   if not args.skip_eval:
     rows += eval_rows(args, torch, tr)
   print(common.machine_line())
-  print(f'jax device: {jax.devices()[0].device_kind}; torch device: '
+  print(f'jax: training steps on {args.jax_devices} x '
+        f'{jax.devices()[0].device_kind}; torch device: '
         f'{torch.cuda.get_device_name() if args.torch_device == "cuda" else "cpu"}')
   print(f'{args.model}, float32, {args.rounds} A/B rounds (eval: scaled to '
         f'the batch); ratio = median over rounds of torch time / jax time '
