@@ -122,7 +122,8 @@ def results_markdown(results: Mapping[str, Any], *, title: str) -> str:
     lines.append(row('black-box', black))
   lines += ['', f'Evaluated on {results.get("num_eval_examples", "?")} '
             'examples.']
-  if (results.get('flags') or {}).get('attack_cascade'):
+  if ((results.get('flags') or {}).get('attack_cascade') and
+      any(a in white for a in evaluation.CASCADE_ATTACKS)):
     lines.append('APGD-CE and APGD-T ran as a cascade (--attack_cascade): '
                  'each on the examples every attack before it left correct, '
                  'so their columns are cumulative.')

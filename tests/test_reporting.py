@@ -40,6 +40,20 @@ def test_results_markdown_orders_the_strong_attacks():
           'APGD-CE | APGD-T | Worst case |') in md
 
 
+def test_results_markdown_says_when_apgd_ran_as_a_cascade():
+  strong = {a: 1.0 for a in evaluation.STRONG_ATTACKS}
+  note = 'ran as a cascade'
+  for white, flags, expected in (
+      (strong, {'attack_cascade': True}, True),
+      (strong, {'attack_cascade': False}, False),
+      (strong, {}, False),
+      # --attack_cascade with the paper's attacks: no APGD, nothing to say.
+      (_CONSISTENT['white_box'], {'attack_cascade': True}, False)):
+    md = reporting.results_markdown(
+        {'white_box': white, 'black_box': None, 'flags': flags}, title='t')
+    assert (note in md) == expected, (flags, sorted(white))
+
+
 def test_write_results(tmp_path):
   path = tmp_path / 'sub' / 'results.json'
   white = {k: np.float64(v) for k, v in _CONSISTENT['white_box'].items()}
