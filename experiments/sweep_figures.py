@@ -8,7 +8,7 @@
 * :func:`per_epoch`: per epoch, every run's mean PGD steps per training
   example and test PGD-20, one colour per variant, one line style per seed.
 * :func:`fosc_by_variant`: the FOSC distribution of the training
-  adversarial examples at up to six epochs, one panel per variant (its
+  adversarial examples at up to five epochs, one panel per variant (its
   lowest seed), on a common axis.
 """
 

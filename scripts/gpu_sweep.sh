@@ -9,9 +9,9 @@
 # (default 540) minus 40 have passed. Every 60 s and at the end,
 # OUT_DIR/<variant>.tgz is rewritten with its runs' flags.json,
 # metrics.jsonl, results, figures, newest checkpoint and some FOSC arrays (see
-# pack), and OUT_DIR/logs.tgz with the logs. Unpack them into the sweep's runs folder
-# (workdirs/<grid name>/) on any machine and rerun the same sweep command
-# there: finished runs are skipped, unfinished ones resume.
+# pack), and OUT_DIR/logs.tgz with the logs. Unpack them into the sweep's
+# runs folder (workdirs/<grid name>/) on any machine and rerun the same sweep
+# command there: finished runs are skipped, unfinished ones resume.
 #
 # RUNS (default /tmp/runs/<grid name>) survives while the machine stays warm,
 # so calling the script again on a warm machine resumes in place. Python
