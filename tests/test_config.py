@@ -31,9 +31,9 @@ PAPER_DATASET_DEFAULTS = {
 RESUMABLE = (
     'workdir', 'data_dir', 'num_epochs', 'num_eval_examples',
     'eval_batch_size', 'eval_every', 'eval_every_examples', 'attacks',
-    'attack_cascade', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-    'stop_after_steps', 'source_workdir', 'multihost', 'coordinator_address',
-    'num_processes', 'process_id',
+    'attack_cascade', 'log_every_steps', 'checkpoint_every_steps',
+    'keep_checkpoints', 'stop_after_steps', 'source_workdir', 'multihost',
+    'coordinator_address', 'num_processes', 'process_id',
 )
 
 FLAG_CLASSES = {'string': 'ArgumentParser', 'enum': 'EnumParser',
