@@ -135,8 +135,8 @@ def test_cascade_attacks_only_the_examples_still_robust():
   for a in evaluation.PAPER_ATTACKS:
     np.testing.assert_array_equal(per_c[a], per_p[a])
   before = np.logical_and.reduce([per_p[a] for a in evaluation.PAPER_ATTACKS])
-  # The paper's attacks break some examples and leave at least one batch's
-  # worth of work, so the cascade has something to skip and to attack.
+  # The paper's attacks break some examples and leave others, so the
+  # cascade has something to skip and something to attack.
   assert 0 < before.sum() < n
   for a in evaluation.CASCADE_ATTACKS:
     chosen = np.flatnonzero(before)
