@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from dynamic_at import files
+from experiments.config import FOSC_DIR
 from experiments.config import METRICS_FILE
 
 # --------------------------------------------------------------------------
@@ -53,6 +54,23 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def fosc_path(workdir: str, epoch: int) -> str:
+  """Where a run keeps the FOSC of ``epoch``'s training adversarial
+  examples: ``WORKDIR/fosc/epoch_0007.npy``."""
+  return os.path.join(workdir, FOSC_DIR, f'epoch_{epoch:04d}.npy')
+
+
+def fosc_files(workdir: str) -> Dict[int, str]:
+  """``epoch -> path`` of a run's saved FOSC arrays, by epoch."""
+  folder = os.path.join(workdir, FOSC_DIR)
+  if not os.path.isdir(folder):
+    return {}
+  found = {int(name[len('epoch_'):-len('.npy')]): os.path.join(folder, name)
+           for name in os.listdir(folder)
+           if name.startswith('epoch_') and name.endswith('.npy')}
+  return dict(sorted(found.items()))
 
 
 def truncate_metrics(workdir: str, first_epoch: int) -> None:

@@ -27,10 +27,10 @@ from experiments.config import CHECKPOINT_DIR
 from experiments.config import Config
 from experiments.config import ConfigError
 from experiments.config import FLAGS_FILE
-from experiments.config import FOSC_DIR
 from experiments.config import IMAGE_SHAPES
 from experiments.config import RESULTS_FILE
 from experiments.outputs import devices_description
+from experiments.outputs import fosc_files
 from experiments.outputs import is_main_process
 from experiments.outputs import print_loud
 from experiments.outputs import print_main
@@ -60,18 +60,13 @@ def make_figures(config: Config) -> List[str]:
     written.append(plots.training_curves(
         rows, os.path.join(config.workdir, 'training_curves.png'),
         title=title))
-  fosc_dir = os.path.join(config.workdir, FOSC_DIR)
-  if os.path.isdir(fosc_dir):
-    files = {int(name[len('epoch_'):-len('.npy')]): name
-             for name in os.listdir(fosc_dir)
-             if name.startswith('epoch_') and name.endswith('.npy')}
-    if files:
-      stages = plots.select_stages(sorted(files))
-      fosc_by_epoch = {e: np.load(os.path.join(fosc_dir, files[e]))
-                       for e in stages}
-      written.append(plots.fosc_histograms(
-          fosc_by_epoch, os.path.join(config.workdir, 'fosc_histograms.png'),
-          title=f'FOSC of training adversarial examples ({title})'))
+  saved = fosc_files(config.workdir)
+  if saved:
+    fosc_by_epoch = {e: np.load(saved[e])
+                     for e in plots.select_stages(list(saved))}
+    written.append(plots.fosc_histograms(
+        fosc_by_epoch, os.path.join(config.workdir, 'fosc_histograms.png'),
+        title=f'FOSC of training adversarial examples ({title})'))
   for path in written:
     print_main(f'Wrote {path}')
   return written

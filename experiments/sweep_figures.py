@@ -12,14 +12,12 @@
   lowest seed), on a common axis.
 """
 
-import glob
-import os
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from dynamic_at import plots
-from experiments.config import FOSC_DIR
+from experiments.outputs import fosc_files
 
 
 def cost_robustness(results: Sequence, path: str) -> str:
@@ -33,18 +31,10 @@ def cost_robustness(results: Sequence, path: str) -> str:
       title='Each run: test PGD-20 against training cost')
 
 
-def fosc_epochs(workdir: str) -> Dict[int, str]:
-  """``epoch -> path`` of a run's saved FOSC arrays."""
-  out = {}
-  for f in glob.glob(os.path.join(workdir, FOSC_DIR, 'epoch_*.npy')):
-    out[int(os.path.basename(f)[len('epoch_'):-len('.npy')])] = f
-  return dict(sorted(out.items()))
-
-
 def median_fosc_per_epoch(workdir: str) -> List[Tuple[int, float]]:
   """``(epoch, median FOSC)`` of a run's training adversarial examples."""
   out = []
-  for epoch, f in fosc_epochs(workdir).items():
+  for epoch, f in fosc_files(workdir).items():
     values = np.load(f)
     values = values[np.isfinite(values)]
     if values.size:
@@ -105,7 +95,7 @@ def fosc_by_variant(results: Sequence, path: str,
   for r in sorted(results, key=lambda r: r.seed):
     if r.variant in fosc:
       continue
-    files = fosc_epochs(r.workdir)
+    files = fosc_files(r.workdir)
     if files:
       fosc[r.variant] = {e: np.load(files[e]) for e in plots.select_stages(
           list(files), max_stages)}

@@ -31,11 +31,11 @@ from experiments import preemption
 from experiments.config import CHECKPOINT_DIR
 from experiments.config import Config
 from experiments.config import ConfigError
-from experiments.config import FOSC_DIR
 from experiments.config import TB_DIR
 from experiments.inputs import augment
 from experiments.outputs import append_metrics
 from experiments.outputs import atomic_save_npy
+from experiments.outputs import fosc_path
 from experiments.outputs import is_main_process
 from experiments.outputs import print_loud
 from experiments.outputs import print_main
@@ -419,8 +419,7 @@ def _log_epoch(run: Run, row: Mapping[str, Any], fosc: np.ndarray) -> None:
   epoch = row['epoch']
   append_metrics(run.config.workdir, row)
   if run.config.method != 'unsecured':
-    atomic_save_npy(os.path.join(run.config.workdir, FOSC_DIR,
-                                 f'epoch_{epoch:04d}.npy'), fosc)
+    atomic_save_npy(fosc_path(run.config.workdir, epoch), fosc)
   if run.writer is not None:
     for k, v in row.items():
       if k != 'epoch' and isinstance(v, (int, float)) and v is not None:
