@@ -429,6 +429,13 @@ def _fmt(cell, digits=2):
   return f'{mean:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})'
 
 
+def default_reference(table: Sequence[Mapping[str, Any]]) -> Optional[str]:
+  """The variant the cost column compares with: the table's first one that
+  attacks (an Unsecured run has no attack gradient evaluations)."""
+  return next((row['variant'] for row in table if row['grad_evals'][0] > 0),
+              None)
+
+
 def table_markdown(grid: Grid, table: Sequence[Mapping[str, Any]],
                    reference: Optional[str] = None) -> str:
   """The markdown table: mean (min-max over seeds) per variant."""
@@ -443,7 +450,8 @@ def table_markdown(grid: Grid, table: Sequence[Mapping[str, Any]],
     cells += [_fmt(row[c]) if c in row else '' for c in ATTACK_COLUMNS]
     g = row['grad_evals']
     cells.append(_fmt(tuple(v / 1e6 for v in g)))
-    cells.append(f'{g[0] / ref["grad_evals"][0]:.2f}' if ref else '')
+    cells.append(f'{g[0] / ref["grad_evals"][0]:.2f}'
+                 if ref and ref['grad_evals'][0] > 0 else '')
     cells.append(_fmt(row['train_time_s'], 0))
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
@@ -518,8 +526,8 @@ def report(grid: Grid, runs_dir: str, results_dir: Optional[str],
   from experiments import sweep_figures  # pylint: disable=g-import-not-at-top
   results = collect(grid, runs_dir)
   table = summarise(grid, results)
-  if reference is None and grid.variants:
-    reference = grid.variants[0].name
+  if reference is None:
+    reference = default_reference(table)
   md = table_markdown(grid, table, reference)
   out = results_dir or runs_dir
   files.atomic_write_text(os.path.join(out, 'table.md'), md)

@@ -210,6 +210,25 @@ def test_summary_mean_and_range_over_seeds(tmp_path):
   assert rows[1]['grad_evals_mean'] == '1500000.0'
 
 
+def test_cost_column_compares_with_the_first_variant_that_attacks(tmp_path):
+  unsecured = {'name': 'unsecured',
+               'flagfile': str(CONFIGS / 'mnist_unsecured.flags')}
+  grid = sweep.load_grid(_write(tmp_path, _grid(
+      variants=[unsecured, *_grid()['variants']])))
+  table = sweep.summarise(grid, [_result('unsecured', 0, 0.0, 0.0),
+                                 _result('standard', 0, 90.0, 3e6),
+                                 _result('dynamic_cmax01', 0, 88.0, 1.5e6)])
+  assert sweep.default_reference(table) == 'standard'
+  assert sweep.default_reference(table[:1]) is None
+  costs = [line.split('|')[-3].strip() for line in
+           sweep.table_markdown(grid, table, 'standard').splitlines()[2:]]
+  assert costs == ['0.00', '1.00', '0.50']
+  # Against a reference without attack cost the column stays empty.
+  costs = [line.split('|')[-3].strip() for line in
+           sweep.table_markdown(grid, table, 'unsecured').splitlines()[2:]]
+  assert costs == ['', '', '']
+
+
 def test_tiny_grid_end_to_end_then_skips_finished_runs(tmp_path,
                                                         subprocess_env):
   run_utils.require(run_utils.MNIST_DIR)
