@@ -68,7 +68,7 @@ from experiments.config import check_source_workdir
 from experiments.config import check_workdir_compatible
 from experiments.config import check_workdir_writable
 from experiments.config import config_from_flags
-from experiments.config import initialize_multihost
+from experiments.config import initialize_devices
 from experiments.config import set_dataset_defaults
 from experiments.config import validate_config
 from experiments.config import validate_devices
@@ -129,7 +129,7 @@ def run(config: Config) -> Optional[Dict[str, Any]]:
     The results dictionary, or ``None`` if training stopped early
     (``--stop_after_steps``).
   """
-  initialize_multihost(config)
+  initialize_devices(config)
   lock = workdir_lock.WorkdirLock(config.workdir, primary=is_main_process())
   try:
     train_ds, test_ds = prepare(config, lock)

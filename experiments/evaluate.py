@@ -12,8 +12,8 @@ PGD-10, PGD-20, CW-inf), and with ``--source_workdir`` also black-box
       --source_workdir=runs/mnist_standard --num_eval_examples=10000
 
 Only ``--data_dir``, ``--num_eval_examples``, ``--eval_batch_size``,
-``--source_workdir``, ``--attacks``, ``--attack_cascade`` and ``--multihost``
-are read from the command line (each falls back to the run's saved value);
+``--source_workdir``, ``--attacks``, ``--attack_cascade``, ``--cpu_devices``
+and ``--multihost`` are read from the command line (each falls back to the run's saved value);
 the other flags come from the run's ``flags.json``.
 
 With ``--weights=FILE`` it evaluates a weights file instead
@@ -48,7 +48,8 @@ _WEIGHTS = flags.DEFINE_string(
     'checkpoint of --workdir; --workdir is then only where results go.')
 
 OVERRIDABLE = ('data_dir', 'num_eval_examples', 'eval_batch_size',
-               'source_workdir', 'attacks', 'attack_cascade', 'multihost',
+               'source_workdir', 'attacks', 'attack_cascade', 'cpu_devices',
+               'multihost',
                'coordinator_address', 'num_processes', 'process_id')
 for _name in ('workdir',) + OVERRIDABLE:
   flags.declare_key_flag(_name)
@@ -72,7 +73,7 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> Dict[str, Any]:
     raise config_lib.ConfigError(f'evaluate does not take {sorted(unknown)}')
   config = reporting.load_saved_config(workdir).replace(workdir=workdir,
                                                         **overrides)
-  config_lib.initialize_multihost(config)
+  config_lib.initialize_devices(config)
   config_lib.validate_config(config)
   config_lib.validate_devices(config, training=False)
   config_lib.check_source_workdir(config)
@@ -115,7 +116,7 @@ def evaluate_weights(path: str, workdir: str,
   saved = dict(info.get('flags', {}), data_dir=None, source_workdir=None)
   config = config_lib.Config.from_dict(saved).replace(workdir=workdir,
                                                       **overrides)
-  config_lib.initialize_multihost(config)
+  config_lib.initialize_devices(config)
   config_lib.validate_config(config)
   config_lib.validate_devices(config, training=False)
   config_lib.check_source_workdir(config)

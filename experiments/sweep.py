@@ -89,8 +89,6 @@ _RUNNER_FLAGS = ('workdir', 'seed', 'data_dir')
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 ATTACK_COLUMNS = ('clean', 'fgsm', 'pgd10', 'pgd20', 'cw_inf', 'worst_case')
 _STOP_GRACE_S = 90  # after SIGINT, SIGKILL a run that has not exited
-_SINGLE_THREAD_XLA = ('--xla_cpu_multi_thread_eigen=false '
-                      'intra_op_parallelism_threads=1')
 
 
 class GridError(ValueError):
@@ -285,7 +283,7 @@ def launch(grid: Grid, spec: RunSpec, runs_dir: str, data_dir: Optional[str],
              TQDM_MININTERVAL=os.environ.get('TQDM_MININTERVAL', '60'))
   if per_job == 1:
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' +
-                        _SINGLE_THREAD_XLA).strip()
+                        config_lib.SINGLE_THREAD_XLA).strip()
   cores = _slot_cores(slot, per_job)
   os.makedirs(runs_dir, exist_ok=True)
   log = open(os.path.join(runs_dir, f'{spec.name}.log'), 'a')

@@ -32,8 +32,8 @@ RESUMABLE = (
     'workdir', 'data_dir', 'num_epochs', 'num_eval_examples',
     'eval_batch_size', 'eval_every', 'eval_every_examples', 'attacks',
     'attack_cascade', 'log_every_steps', 'checkpoint_every_steps',
-    'keep_checkpoints', 'stop_after_steps', 'source_workdir', 'multihost',
-    'coordinator_address', 'num_processes', 'process_id',
+    'keep_checkpoints', 'stop_after_steps', 'source_workdir', 'cpu_devices',
+    'multihost', 'coordinator_address', 'num_processes', 'process_id',
 )
 
 FLAG_CLASSES = {'string': 'ArgumentParser', 'enum': 'EnumParser',
@@ -53,7 +53,7 @@ def test_every_config_field_is_exactly_one_flag_and_vice_versa():
   assert set(fields) - set(holders) == {'dataset'}
   assert set(holders) <= set(fields)
   assert len(flags.FLAGS.get_flags_for_module('experiments.config')) == (
-      len(fields) - 1) == 43
+      len(fields) - 1) == 44
   for name, holder in holders.items():
     field = fields[name]
     kind = config_lib.flag_kind(field)
@@ -190,8 +190,8 @@ def test_old_flags_json_loads_and_validates():
   saved = _old('dynamic_authors_seed0')
   config = config_lib.Config.from_dict(saved)
   config_lib.validate_config(config)
-  # attack_cascade came later: it reads its default.
-  assert config.to_dict() == dict(saved, attack_cascade=False)
+  # attack_cascade and cpu_devices came later: they read their defaults.
+  assert config.to_dict() == dict(saved, attack_cascade=False, cpu_devices=0)
   assert config == config_lib.Config(
       dataset='mnist', workdir='workdirs/mnist_dynamic_study_cpu/'
       'dynamic_authors_seed0', data_dir='../shared/data/mnist',
@@ -212,7 +212,7 @@ def test_older_flags_json_without_a_newer_flag():
   config_lib.validate_config(config)
   assert config.unclipped_random_start is False
   assert config.to_dict() == dict(saved, unclipped_random_start=False,
-                                  attack_cascade=False)
+                                  attack_cascade=False, cpu_devices=0)
   assert (config.method, config.t_prime, config.num_epochs) == (
       'dynamic', 4.0, 5)
   assert config_lib.flag_differences(saved, config) == []

@@ -254,6 +254,52 @@ def test_multihost_two_processes_match_one_process(tmp_path, subprocess_env,
     assert results['num_eval_examples'] == test_ds.num_examples == 64
 
 
+def test_cpu_devices_split_the_batch_and_resume_across_device_counts(
+    tmp_path, subprocess_env):
+  """--cpu_devices=2 trains on two single-threaded CPU devices; a run started
+  on one device resumes on two and ends where a one-device run ends, up to
+  float rounding."""
+  _require(MNIST_DIR)
+  args = [f'--flagfile={CONFIGS / "mnist_unsecured.flags"}',
+          f'--data_dir={MNIST_DIR}', '--num_epochs=1', *TINY_MNIST,
+          '--eval_every=0']
+  _run('experiments.mnist', [*args, f'--workdir={tmp_path / "one"}'],
+       subprocess_env)
+  _run('experiments.mnist', [*args, f'--workdir={tmp_path / "two"}',
+                             '--stop_after_steps=2'], subprocess_env)
+  _run('experiments.mnist', [*args, f'--workdir={tmp_path / "two"}',
+                             '--cpu_devices=2'], subprocess_env)
+  one = json.loads((tmp_path / 'one' / 'results.json').read_text())
+  two = json.loads((tmp_path / 'two' / 'results.json').read_text())
+  assert one['devices'].startswith('1 x cpu')
+  assert two['devices'].startswith('2 x cpu')
+  assert json.loads((tmp_path / 'two' / 'flags.json').read_text())[
+      'cpu_devices'] == 2
+  mesh = parallel.make_mesh()
+  _, s1, _ = reporting.restore_model(str(tmp_path / 'one'), (28, 28, 1), mesh)
+  _, s2, _ = reporting.restore_model(str(tmp_path / 'two'), (28, 28, 1), mesh)
+  assert int(s1.step) == int(s2.step) == 4
+  for a, b in zip(jax.tree.leaves((s1.params, s1.batch_stats)),
+                  jax.tree.leaves((s2.params, s2.batch_stats))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_cpu_devices_after_jax_started_is_a_clear_error(monkeypatch):
+  """In a process where JAX already runs, --cpu_devices can only confirm the
+  device count it has; anything else names the flag, XLA_FLAGS untouched."""
+  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=1')
+  have = len(jax.devices('cpu'))
+  config_lib.initialize_devices(config_lib.Config(
+      dataset='mnist', workdir='unused', cpu_devices=have))
+  with pytest.raises(config_lib.ConfigError,
+                     match=rf'^--cpu_devices={have + 1}: JAX has already '
+                     rf'started in this process with {have} CPU device'):
+    config_lib.initialize_devices(config_lib.Config(
+        dataset='mnist', workdir='unused', cpu_devices=have + 1))
+  assert os.environ['XLA_FLAGS'] == '--xla_backend_optimization_level=1'
+
+
 def test_tfds_mock_training_in_process(tmp_path):
   """Without --data_dir the data comes from TFDS (here its mock); two epochs
   with changing c_t, eps and loss weighting compile the step once."""
