@@ -96,6 +96,20 @@ def test_step_traced_once_across_epochs():
 
 def test_attack_params_for_epoch():
   kw = dict(eps=0.3, step_size=0.075, num_steps=10, c_max=0.5, t_prime=40)
+  fields = lambda a: (a.eps.item(), a.step_size.item(), a.num_steps.item(),
+                      a.c_stop.item())
+  eps, step = np.float32(0.3).item(), np.float32(0.075).item()
+  # Every method's eps, step size, K and stop threshold, exactly.
+  assert fields(train.attack_params_for_epoch('unsecured', 3, **kw)) == (
+      eps, step, 0, -np.inf)
+  assert fields(train.attack_params_for_epoch('standard', 3, **kw)) == (
+      eps, step, 10, -np.inf)
+  assert fields(train.attack_params_for_epoch(
+      'curriculum', 3, curriculum_steps=4, **kw)) == (eps, step, 4, -np.inf)
+  assert fields(train.attack_params_for_epoch('dynamic', 20, **kw)) == (
+      eps, step, 10, 0.25)
+  with pytest.raises(ValueError, match='^curriculum needs curriculum_steps$'):
+    train.attack_params_for_epoch('curriculum', 3, **kw)
   dyn = [train.attack_params_for_epoch('dynamic', t, **kw) for t in (0, 20, 40,
                                                                    49)]
   np.testing.assert_allclose([float(a.c_stop) for a in dyn],
