@@ -19,6 +19,7 @@ functions, so importing :mod:`dynamic_at` stays light.
 """
 
 import math
+import textwrap
 from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -64,6 +65,23 @@ def _coloured(groups: Mapping[str, Any],
   for i, (label, points) in enumerate(groups.items(), first):
     xy = _xy(points)
     yield f'C{i % 10}', label, xy[:, 0], xy[:, 1]
+
+
+def _fitted(fig: Any, title: Any) -> Any:
+  """Wraps the title (a Text of ``fig``, the figure's last addition before
+  it is saved) onto more lines where it would reach past the figure's edges
+  and be cut off. A title is centred: over the figure, or over its axes."""
+  text = title.get_text()
+  if not text:
+    return title
+  fig.canvas.draw()  # lays the figure out: where its axes end up
+  box = title.get_window_extent(fig.canvas.get_renderer())
+  centre = (box.x0 + box.x1) / 2
+  room = 0.96 * 2 * min(centre, fig.get_figwidth() * fig.dpi - centre)
+  if box.width > room:
+    title.set_text(textwrap.fill(text, max(10, int(len(text) * room /
+                                                   box.width))))
+  return title
 
 
 def _save(fig: Any, path: PathLike) -> str:
@@ -176,7 +194,8 @@ def fosc_histograms(fosc_by_epoch: Mapping[int, Any], path: PathLike, *,
     ax.text(0.5, 0.5, 'no FOSC data', ha='center', va='center',
             transform=ax.transAxes)
   ax.set_xlim(lo, hi)
-  ax.set_title(title or 'FOSC of training adversarial examples by epoch')
+  _fitted(fig, ax.set_title(
+      title or 'FOSC of training adversarial examples by epoch'))
   return _save(fig, path)
 
 
@@ -224,7 +243,8 @@ def fosc_histograms_by_method(fosc_by_method: Mapping[str, Mapping[int, Any]],
     axes[0].text(0.5, 0.5, 'no FOSC data', ha='center', va='center',
                  transform=axes[0].transAxes)
   axes[0].set_xlim(lo, hi)
-  fig.suptitle(title or 'FOSC of training adversarial examples')
+  _fitted(fig, fig.suptitle(
+      title or 'FOSC of training adversarial examples'))
   return _save(fig, path)
 
 
@@ -314,7 +334,7 @@ def training_curves(rows: Sequence[Mapping[str, Any]], path: PathLike, *,
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, fontsize='small', loc='best')
   if title:
-    fig.suptitle(title)
+    _fitted(fig, fig.suptitle(title))
   return _save(fig, path)
 
 
@@ -361,7 +381,7 @@ def curves_by_method(rows_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
   if title:
-    fig.suptitle(title)
+    _fitted(fig, fig.suptitle(title))
   return _save(fig, path)
 
 
@@ -390,7 +410,7 @@ def cost_robustness(points: Mapping[str, Sequence[Tuple[float, float]]],
   if points:
     ax.legend(fontsize='small', loc='best')
   if title:
-    ax.set_title(title)
+    _fitted(fig, ax.set_title(title))
   return _save(fig, path)
 
 
@@ -424,5 +444,5 @@ def thresholds_and_fosc(thresholds: Mapping[str, Sequence[Tuple[int, float]]],
   if thresholds or fosc:
     ax.legend(fontsize='small', loc='upper left', bbox_to_anchor=(1.02, 1.0))
   if title:
-    ax.set_title(title)
+    _fitted(fig, ax.set_title(title))
   return _save(fig, path)

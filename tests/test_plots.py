@@ -321,3 +321,40 @@ def test_curves_by_method(tmp_path, figures):
   assert not _texts(steps) and not _texts(pgd20)
   assert [_texts(ax) for ax in empty.axes] == [
       ['no steps_mean'], ['no test_pgd20'], ['no test_clean']]
+
+
+_LONG = ('FOSC of the training adversarial examples (0 = converged inner '
+         'maximization; above the 90th percentile in the last bin) ') * 2
+
+
+@pytest.mark.parametrize('draw', [
+    lambda p: plots.fosc_histograms({0: np.arange(5.0)}, p, title=_LONG),
+    lambda p: plots.fosc_histograms_by_method(
+        {'standard': {0: np.arange(5.0)}, 'dynamic': {0: np.arange(5.0)}}, p,
+        title=_LONG),
+    lambda p: plots.training_curves(
+        [{'epoch': 0, 'train_loss': 1.0}, {'epoch': 1, 'train_loss': 0.5}], p,
+        title=_LONG),
+    lambda p: plots.curves_by_method(
+        {'standard': [{'epoch': 0, 'steps_mean': 10.0}]}, p, title=_LONG),
+    lambda p: plots.cost_robustness({'standard': [(1.0, 50.0)]}, p,
+                                    title=_LONG),
+    lambda p: plots.thresholds_and_fosc({'dynamic': [(0, 0.5)]},
+                                        {'dynamic': [(0, 0.3)]}, p,
+                                        title=_LONG),
+], ids=['fosc_histograms', 'fosc_histograms_by_method', 'training_curves',
+        'curves_by_method', 'cost_robustness', 'thresholds_and_fosc'])
+def test_long_titles_wrap_inside_the_figure(tmp_path, figures, draw):
+  """A title wider than the figure is wrapped onto more lines instead of
+  being cut off at both edges; short titles stay on one line (above)."""
+  draw(tmp_path / 'f.png')
+  (fig,) = figures
+  renderer = fig.canvas.get_renderer()
+  titles = [t for t in [fig._suptitle] + [a.title for a in fig.axes]  # pylint: disable=protected-access
+            if t is not None and _LONG.split()[0] in t.get_text()]
+  assert len(titles) == 1
+  (title,) = titles
+  assert title.get_text().split() == _LONG.split()  # every word, in order
+  assert title.get_text().count('\n') >= 1
+  box = title.get_window_extent(renderer)
+  assert 0 <= box.x0 and box.x1 <= fig.get_figwidth() * fig.dpi
