@@ -122,9 +122,9 @@ def test_strong_worst_case_over_apgd_and_paper_attacks():
 def test_cascade_attacks_only_the_examples_still_robust():
   """With cascade=True, APGD-CE runs on exactly the examples the paper's
   attacks all left correct and APGD-T on those APGD-CE also left correct:
-  each equals a plain evaluation of that attack on those examples (same key
-  and batch size), every other example counts as broken, and the paper's
-  attacks are untouched."""
+  each equals a plain evaluation of that attack on those examples (same key,
+  batches no larger than the survivors), every other example counts as
+  broken, and the paper's attacks are untouched."""
   n, batch = 37, 16
   x, y = _data(n)
   plain = _eval(n=n, batch_size=batch, attacks=evaluation.STRONG_ATTACKS)
@@ -140,9 +140,11 @@ def test_cascade_attacks_only_the_examples_still_robust():
   assert 0 < before.sum() < n
   for a in evaluation.CASCADE_ATTACKS:
     chosen = np.flatnonzero(before)
+    # Batches of the survivors, no larger than they need be.
     alone = evaluation.evaluate(_MLP.apply, _MLP_VARS, x[chosen], y[chosen],
                                 eps=0.1, key=jax.random.key(1),
-                                batch_size=batch, attacks=(a,))
+                                batch_size=min(batch, chosen.size),
+                                attacks=(a,))
     expected = np.zeros(n, bool)
     expected[chosen] = alone['per_example']['white_box'][a]
     np.testing.assert_array_equal(per_c[a], expected)
@@ -153,6 +155,40 @@ def test_cascade_attacks_only_the_examples_still_robust():
   # last attack's column is the worst case.
   assert not np.any(per_c['apgd_t'] & ~per_c['apgd_ce'])
   assert casc['white_box']['apgd_t'] == casc['white_box']['worst_case']
+
+
+def test_cascade_batch_size():
+  """The survivors' batch: at most the evaluation's batch size, otherwise the
+  survivors rounded up to a multiple of the devices."""
+  size = evaluation.cascade_batch_size
+  assert [size(n, 500, None) for n in (0, 1, 220, 499, 500, 501, 5000)] == [
+      1, 1, 220, 499, 500, 500, 500]
+  mesh = parallel.make_mesh()
+  d = mesh.devices.size
+  assert size(0, 8 * d, mesh) == d
+  assert size(d + 1, 8 * d, mesh) == 2 * d
+  assert size(100 * d, 8 * d, mesh) == 8 * d
+
+
+def test_cascade_batches_hold_only_the_survivors(monkeypatch):
+  """With one batch of 64 for 37 examples, the paper's attacks run on 64
+  (padded); each cascaded attack on exactly its survivors, not padded to
+  64."""
+  shapes = []
+  real = evaluation._batch_correct  # pylint: disable=protected-access
+
+  def spy(*args, attack, **kwargs):
+    shapes.append((attack, args[2].shape[0]))
+    return real(*args, attack=attack, **kwargs)
+
+  monkeypatch.setattr(evaluation, '_batch_correct', spy)
+  r = _eval(n=37, batch_size=64, attacks=evaluation.STRONG_ATTACKS,
+            cascade=True)
+  per = r['per_example']['white_box']
+  alive = np.logical_and.reduce([per[a] for a in evaluation.PAPER_ATTACKS])
+  assert 0 < alive.sum() < 37
+  assert shapes == [(a, 64) for a in evaluation.PAPER_ATTACKS] + [
+      ('apgd_ce', alive.sum()), ('apgd_t', (alive & per['apgd_ce']).sum())]
 
 
 def test_cascade_with_nothing_left_to_attack():
