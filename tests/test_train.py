@@ -1,6 +1,7 @@
 """Tests of the train state, the optimiser and the four methods' step."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -442,3 +443,56 @@ def test_curriculum_k_follows_the_adversarial_training_accuracy():
                                     max_steps=5) == 4  # clean would grow k
   assert train.curriculum_num_steps(3, float(m['accuracy']),
                                     threshold=threshold, max_steps=5) == 3
+
+
+def test_sharded_pgd_passes_its_settings_to_pgd(monkeypatch):
+  """The per-device attack starts at the given point and passes on the FOSC
+  centre, the start's clipping and compaction; its defaults are the
+  paper's (centre on the clean example, clipped start) without compaction."""
+  calls = []
+  real = _attacks.pgd
+
+  def spy(*args, **kwargs):
+    calls.append(kwargs)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(_attacks, 'pgd', spy)
+  state = _state()
+  x0 = jnp.full((4,) + dp_worker.SHAPE, 0.5)
+  start = x0 + 0.05
+  y = jnp.arange(4) % 2
+  for attack in (train.sharded_pgd(None),
+                 train.sharded_pgd(None, fosc_centre_random_start=True,
+                                   compact=True, unclipped_random_start=True)):
+    attack(state, x0, start, y, _ap(num_steps=2))
+  default, authors = calls
+  for kwargs in calls:
+    assert kwargs['random_start'] is False
+    np.testing.assert_array_equal(kwargs['x_start'], start)
+  assert default['fosc_center'] is None
+  assert (default['clip_start'], default['compact']) == (True, False)
+  np.testing.assert_array_equal(authors['fosc_center'], start)
+  assert (authors['clip_start'], authors['compact']) == (False, True)
+
+
+def test_model_without_batchnorm_trains():
+  """A model without BatchNorm (no batch_stats collection) gets an empty
+  batch_stats and trains with every method's step."""
+
+  class Mlp(nn.Module):
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      del train
+      return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+  tx = train.make_optimizer(learning_rate=0.1, momentum=0.9,
+                            weight_decay=1e-4, steps_per_epoch=10)
+  state = train.create_train_state(Mlp(), jax.random.key(0), (4, 4, 1), tx)
+  assert state.batch_stats == {}
+  batch = {'image': jnp.full((8, 4, 4, 1), 0.5), 'label': jnp.arange(8) % 3}
+  for method in train.METHODS:
+    new, metrics = jax.jit(train.make_train_step(method))(
+        state, batch, jax.random.key(1), _ap(num_steps=2))
+    assert int(new.step) == 1 and new.batch_stats == {}
+    assert np.isfinite(float(metrics['loss']))
