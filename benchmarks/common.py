@@ -167,6 +167,39 @@ def synthetic_state_and_batch(model_name: str, batch: int, *,
   return state, {'image': images, 'label': labels}
 
 
+def print_step_ab(args, sides: Mapping[str, Callable[..., object]], state0,
+                  batch, key, ap, *, column: str) -> None:
+  """Times two training steps of one model alternately (``args.rounds``
+  rounds after a warm-up round) and prints the machine line, the largest
+  parameter difference after one step from ``state0``, a table and the
+  median ratio of the first side's time to the second's.
+
+  Args:
+    args: the benchmark's arguments (``model``, ``num_steps``, ``batch``,
+      ``rounds``).
+    sides: two ``label -> step(state, batch, key, ap)``, compiled already.
+    state0, batch, key, ap: the step's inputs.
+    column: the first column's header.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  (a, step_a), (b, step_b) = sides.items()
+  params = [step(state0, batch, key, ap)[0].params for step in (step_a, step_b)]
+  diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(*map(jax.tree.leaves, params)))
+  times = alternate({name: (lambda f=f: f(state0, batch, key, ap)[1]['loss'])
+                     for name, f in sides.items()},
+                    rounds=args.rounds, warmup=1)
+  print(machine_line())
+  print(f'{args.model}, PGD-{args.num_steps} training step, batch '
+        f'{args.batch}, {args.rounds} A/B rounds; max |param diff| after one '
+        f'step {diff:.2e}')
+  print(table([column, 'median ms', 'examples/s'],
+              [[name, ms(times[name]), args.batch / np.median(times[name])]
+               for name in (a, b)]))
+  print(f'median of pairwise time ratios {a} / {b}: '
+        f'{median_ratio(times[a], times[b]):.2f}')
+
+
 def mnist_batch(batch: int, seed: int = 0, data_dir: Optional[str] = None):
   """A batch of real MNIST training images if ``data_dir`` holds them, else
   uniform noise images with random labels (shape [B, 28, 28, 1])."""

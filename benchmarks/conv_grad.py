@@ -16,8 +16,6 @@ import argparse
 import contextlib
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import common
 from dynamic_at import models
@@ -53,26 +51,11 @@ def main():
   new = jax.jit(train.make_train_step('standard', mesh))
   old = jax.jit(train.make_train_step('standard', mesh))
   with plain_lax_conv():
-    s_old, _ = old(state0, batch, key, ap)  # traced and compiled here
-  s_new, _ = new(state0, batch, key, ap)
-  diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(s_old.params), jax.tree.leaves(s_new.params)))
-  times = common.alternate(
-      {'plain': lambda: old(state0, batch, key, ap)[1]['loss'],
-       'models': lambda: new(state0, batch, key, ap)[1]['loss']},
-      rounds=args.rounds, warmup=1)
-  print(common.machine_line())
-  print(f'{args.model}, PGD-{args.num_steps} training step, batch '
-        f'{args.batch}, {args.rounds} A/B rounds; max |param diff| after one '
-        f'step {diff:.2e}')
-  print(common.table(
-      ['conv', 'median ms', 'examples/s'],
-      [['lax.conv_general_dilated (before)', common.ms(times['plain']),
-        args.batch / np.median(times['plain'])],
-       ['models.conv_general_dilated (after)', common.ms(times['models']),
-        args.batch / np.median(times['models'])]]))
-  print(f'median of pairwise ratios before/after: '
-        f'{common.median_ratio(times["plain"], times["models"]):.2f}')
+    old(state0, batch, key, ap)  # traced and compiled here
+  common.print_step_ab(
+      args, {'lax.conv_general_dilated (before)': old,
+             'models.conv_general_dilated (after)': new},
+      state0, batch, key, ap, column='conv')
 
 
 if __name__ == '__main__':

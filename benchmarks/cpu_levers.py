@@ -92,39 +92,21 @@ def _step_setup(model_name, batch_size, num_steps):
   return state0, batch, ap, parallel.make_mesh(), jax.random.key(1)
 
 
-def _max_param_diff(s1, s2):
-  return max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)))
-
-
 def part_im2col(args):
   state0, batch, ap, mesh, key = _step_setup(args.model, args.batch,
                                              args.num_steps)
   ref = jax.jit(train.make_train_step('standard', mesh))
   cols = jax.jit(train.make_train_step('standard', mesh))
-  s_ref, _ = ref(state0, batch, key, ap)
+  ref(state0, batch, key, ap)  # traced and compiled here
   models.conv_general_dilated = im2col_conv
   try:
-    s_cols, _ = cols(state0, batch, key, ap)  # traced with im2col here
+    cols(state0, batch, key, ap)  # traced with im2col here
   finally:
     models.conv_general_dilated = _MODELS_CONV
-  times = common.alternate(
-      {'models': lambda: ref(state0, batch, key, ap)[1]['loss'],
-       'im2col': lambda: cols(state0, batch, key, ap)[1]['loss']},
-      rounds=args.rounds, warmup=1)
-  print(common.machine_line())
-  print(f'{args.model}, PGD-{args.num_steps} training step, batch '
-        f'{args.batch}, {args.rounds} A/B rounds; max |param diff| after one '
-        f'step {_max_param_diff(s_ref, s_cols):.2e}')
-  print(common.table(
-      ['convolution', 'median ms', 'examples/s'],
-      [['models.conv_general_dilated (XLA conv)', common.ms(times['models']),
-        args.batch / np.median(times['models'])],
-       ['im2col: patches + dot_general', common.ms(times['im2col']),
-        args.batch / np.median(times['im2col'])]]))
-  print('median of pairwise ratios models/im2col (>1: im2col faster): '
-        f'{common.median_ratio(times["models"], times["im2col"]):.2f}')
-
+  common.print_step_ab(
+      args, {'models.conv_general_dilated (XLA conv)': ref,
+             'im2col: patches + dot_general': cols},
+      state0, batch, key, ap, column='convolution')
 
 def worker(args):
   """One flag set's sample: compile, warm up, time ``--steps`` calls."""
