@@ -13,8 +13,8 @@ PGD-10, PGD-20, CW-inf), and with ``--source_workdir`` also black-box
 
 Only ``--data_dir``, ``--num_eval_examples``, ``--eval_batch_size``,
 ``--source_workdir``, ``--attacks``, ``--attack_cascade``, ``--cpu_devices``
-and ``--multihost`` are read from the command line (each falls back to the run's saved value);
-the other flags come from the run's ``flags.json``.
+and ``--multihost`` are read from the command line (each falls back to the
+run's saved value); the other flags come from the run's ``flags.json``.
 
 With ``--weights=FILE`` it evaluates a weights file instead
 (:func:`dynamic_at.weights.save_weights`, e.g. ``results/.../model.msgpack``)
@@ -49,8 +49,8 @@ _WEIGHTS = flags.DEFINE_string(
 
 OVERRIDABLE = ('data_dir', 'num_eval_examples', 'eval_batch_size',
                'source_workdir', 'attacks', 'attack_cascade', 'cpu_devices',
-               'multihost',
-               'coordinator_address', 'num_processes', 'process_id')
+               'multihost', 'coordinator_address', 'num_processes',
+               'process_id')
 for _name in ('workdir',) + OVERRIDABLE:
   flags.declare_key_flag(_name)
 
