@@ -350,7 +350,8 @@ def test_long_titles_wrap_inside_the_figure(tmp_path, figures, draw):
   draw(tmp_path / 'f.png')
   (fig,) = figures
   renderer = fig.canvas.get_renderer()
-  titles = [t for t in [fig._suptitle] + [a.title for a in fig.axes]  # pylint: disable=protected-access
+  suptitle = fig._suptitle  # pylint: disable=protected-access
+  titles = [t for t in [suptitle] + [a.title for a in fig.axes]
             if t is not None and _LONG.split()[0] in t.get_text()]
   assert len(titles) == 1
   (title,) = titles
