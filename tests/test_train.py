@@ -496,3 +496,24 @@ def test_model_without_batchnorm_trains():
         state, batch, jax.random.key(1), _ap(num_steps=2))
     assert int(new.step) == 1 and new.batch_stats == {}
     assert np.isfinite(float(metrics['loss']))
+
+
+@pytest.mark.parametrize('method', ['standard', 'dynamic'])
+def test_compaction_defaults_to_dynamic_on_the_cpu(monkeypatch, method):
+  """compact=None (the default): Dynamic's attack compacts its still-active
+  examples on the CPU backend (a speed-up there, measured in
+  benchmarks/README.md); Standard's never does."""
+  seen = []
+  real = _attacks.pgd
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs['compact'])
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(_attacks, 'pgd', spy)
+  state = _state()
+  batch = {'image': jnp.full((4,) + dp_worker.SHAPE, 0.5),
+           'label': jnp.arange(4) % 2}
+  train.make_train_step(method)(state, batch, jax.random.key(0),
+                                _ap(num_steps=2))
+  assert seen == [method == 'dynamic' and jax.default_backend() == 'cpu']
