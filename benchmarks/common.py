@@ -167,6 +167,20 @@ def synthetic_state_and_batch(model_name: str, batch: int, *,
   return state, {'image': images, 'label': labels}
 
 
+def paper_step_inputs(model_name: str, batch: int, num_steps: int):
+  """``(state, batch, attack_params, key)`` of a PGD-``num_steps`` training
+  step of ``model_name`` (:func:`synthetic_state_and_batch`, 100 steps per
+  epoch) with the paper's eps and step eps / 4, key 1."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from dynamic_at import train
+  state, images = synthetic_state_and_batch(model_name, batch,
+                                            steps_per_epoch=100)
+  eps = PAPER_EPS[model_name]
+  return (state, images, train.AttackParams.make(eps, eps / 4, num_steps),
+          jax.random.key(1))
+
+
 def print_step_ab(args, sides: Mapping[str, Callable[..., object]], state0,
                   batch, key, ap, *, column: str) -> None:
   """Times two training steps of one model alternately (``args.rounds``

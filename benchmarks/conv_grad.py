@@ -42,12 +42,9 @@ def main():
   parser.add_argument('--num_steps', type=int, default=10)
   args = parser.parse_args()
 
-  state0, batch = common.synthetic_state_and_batch(args.model, args.batch,
-                                                   steps_per_epoch=100)
-  eps = common.PAPER_EPS[args.model]
-  ap = train.AttackParams.make(eps, eps / 4, args.num_steps)
+  state0, batch, ap, key = common.paper_step_inputs(args.model, args.batch,
+                                                    args.num_steps)
   mesh = parallel.make_mesh()
-  key = jax.random.key(1)
   new = jax.jit(train.make_train_step('standard', mesh))
   old = jax.jit(train.make_train_step('standard', mesh))
   with plain_lax_conv():

@@ -84,17 +84,10 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
 _MODELS_CONV = models.conv_general_dilated
 
 
-def _step_setup(model_name, batch_size, num_steps):
-  state0, batch = common.synthetic_state_and_batch(model_name, batch_size,
-                                                   steps_per_epoch=100)
-  eps = common.PAPER_EPS[model_name]
-  ap = train.AttackParams.make(eps, eps / 4, num_steps)
-  return state0, batch, ap, parallel.make_mesh(), jax.random.key(1)
-
-
 def part_im2col(args):
-  state0, batch, ap, mesh, key = _step_setup(args.model, args.batch,
-                                             args.num_steps)
+  state0, batch, ap, key = common.paper_step_inputs(
+      args.model, args.batch, args.num_steps)
+  mesh = parallel.make_mesh()
   ref = jax.jit(train.make_train_step('standard', mesh))
   cols = jax.jit(train.make_train_step('standard', mesh))
   ref(state0, batch, key, ap)  # traced and compiled here
@@ -110,8 +103,9 @@ def part_im2col(args):
 
 def worker(args):
   """One flag set's sample: compile, warm up, time ``--steps`` calls."""
-  state0, batch, ap, mesh, key = _step_setup(args.model, args.batch,
-                                             args.num_steps)
+  state0, batch, ap, key = common.paper_step_inputs(
+      args.model, args.batch, args.num_steps)
+  mesh = parallel.make_mesh()
   step = jax.jit(train.make_train_step('standard', mesh))
   s1, _ = step(state0, batch, key, ap)
   common.block(step(state0, batch, key, ap))
