@@ -216,7 +216,9 @@ def evaluate(apply_fn: ApplyFn,
              mesh: Optional[Mesh] = None,
              attacks: Sequence[str] = PAPER_ATTACKS,
              source: Optional[Tuple[ApplyFn, Any]] = None,
-             cascade: bool = False) -> Dict[str, Any]:
+             cascade: bool = False,
+             progress: Optional[Callable[[str], None]] = None
+             ) -> Dict[str, Any]:
   """White-box (and optionally black-box) accuracy under the paper's attacks.
 
   The model is ``lambda x: apply_fn(variables, x, train=False)`` (inference
@@ -258,6 +260,10 @@ def evaluate(apply_fn: ApplyFn,
       robust. Its batches hold only those examples, and are no larger than
       they need be (:func:`cascade_batch_size`), so its random starts (and
       hence single outcomes) differ from a run without ``cascade``.
+    progress: called with one line (e.g. ``'batch 3/20: clean, fgsm,
+      pgd20'``) after each batch's attacks have finished; it waits for that
+      batch's results first, so the host no longer queues the next batch
+      while the device works on this one. ``None``: no waiting.
 
   Returns:
     ``{'white_box': {attack: accuracy}, 'black_box': {attack: accuracy} or
@@ -304,6 +310,13 @@ def evaluate(apply_fn: ApplyFn,
   direct = tuple(a for a in attacks if a not in cascaded)
   white = {a: [] for a in direct}
   black = {a: [] for a in black_attacks}
+  def report(parts, line):
+    if progress is not None:
+      jax.block_until_ready([c for _, c in parts])
+      progress(line)
+
+  num_batches = math.ceil(n / batch_size)
+  names = ', '.join(direct + tuple(f'black-box {a}' for a in black_attacks))
   for b, m, x, y in _padded_batches(images, labels, batch_size, mesh):
     index = np.int32(b)
     for a in direct:
@@ -314,6 +327,8 @@ def evaluate(apply_fn: ApplyFn,
       black[a].append((m, _batch_correct(
           variables, source_variables, x, y, eps, key, index,
           apply_fn=apply_fn, source_apply_fn=source_apply_fn, attack=a)))
+    report([parts[-1] for parts in (*white.values(), *black.values())],
+           f'batch {b + 1}/{num_batches}: {names}')
 
   def gather(parts):  # device results -> host, padding dropped
     if not parts:
@@ -326,12 +341,15 @@ def evaluate(apply_fn: ApplyFn,
         [per_white[p] for p in attacks[:attacks.index(a)]] +
         [np.ones((n,), bool)])
     chosen = np.flatnonzero(alive)
-    parts = [(m, _batch_correct(variables, None, x, y, eps, key,
-                                np.int32(b), apply_fn=apply_fn,
-                                source_apply_fn=None, attack=a))
-             for b, m, x, y in _padded_batches(
-                 images[chosen], labels[chosen],
-                 cascade_batch_size(chosen.size, batch_size, mesh), mesh)]
+    size = cascade_batch_size(chosen.size, batch_size, mesh)
+    parts = []
+    for b, m, x, y in _padded_batches(images[chosen], labels[chosen], size,
+                                      mesh):
+      parts.append((m, _batch_correct(variables, None, x, y, eps, key,
+                                      np.int32(b), apply_fn=apply_fn,
+                                      source_apply_fn=None, attack=a)))
+      report(parts[-1:], f'{a} on the {chosen.size} examples still '
+             f'robust: batch {b + 1}/{math.ceil(chosen.size / size)}')
     per_white[a] = np.zeros((n,), bool)
     per_white[a][chosen] = gather(parts)
   per_white = {a: per_white[a] for a in attacks}

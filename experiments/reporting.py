@@ -42,6 +42,8 @@ from experiments.training import model_variables
 
 # How many test examples the eps = 1 gradient-masking check uses.
 EPS_ONE_EXAMPLES = 1000
+# Seconds between the final evaluation's progress lines.
+PROGRESS_EVERY_S = 60.0
 
 # --------------------------------------------------------------------------
 # Figures
@@ -261,7 +263,8 @@ def evaluate_and_report(config: Config, state: train.TrainState,
       state.apply_fn, model_variables(state), test_ds.images, test_ds.labels,
       eps=config.eps, key=key, batch_size=batch_size, mesh=mesh,
       attacks=ATTACK_SETS[config.attacks], source=src,
-      cascade=config.attack_cascade)
+      cascade=config.attack_cascade,
+      progress=progress_printer(start, PROGRESS_EVERY_S))
   n1 = min(EPS_ONE_EXAMPLES, test_ds.num_examples)
   eps_one = evaluation.accuracy_at_eps_one(
       state.apply_fn, model_variables(state), test_ds.images[:n1],
@@ -294,6 +297,22 @@ def evaluate_and_report(config: Config, state: train.TrainState,
         out, title=f'{config.dataset} / {config.method}'), flush=True)
     print(f'Wrote {json_path}', flush=True)
   return out
+
+
+def progress_printer(start: float, every_s: float):
+  """A ``progress`` callback for :func:`dynamic_at.evaluation.evaluate`
+  that prints its line with the seconds since ``start``, at most once every
+  ``every_s`` seconds (an hour-long evaluation is not silent)."""
+  last = start
+
+  def show(line: str) -> None:
+    nonlocal last
+    now = time.time()
+    if now - last >= every_s:
+      last = now
+      print_main(f'  {line} ({now - start:.0f} s)')
+
+  return show
 
 
 def export_weights(workdir: str, path: str) -> str:

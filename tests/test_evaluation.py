@@ -191,6 +191,45 @@ def test_cascade_batches_hold_only_the_survivors(monkeypatch):
       ('apgd_ce', alive.sum()), ('apgd_t', (alive & per['apgd_ce']).sum())]
 
 
+def test_progress_reports_each_batch_after_its_results(monkeypatch):
+  """``progress`` gets one line per batch (37 examples in batches of 16: 3),
+  naming the attacks that ran, then one per batch of each cascaded attack's
+  survivors; each line comes after that batch's results are ready, and the
+  results are those of a run without ``progress``."""
+  lines, waited = [], []
+  real_wait = jax.block_until_ready
+
+  def wait(tree):
+    waited.append(len(jax.tree_util.tree_leaves(tree)))
+    return real_wait(tree)
+
+  monkeypatch.setattr(jax, 'block_until_ready', wait)
+  x, y = _data(37)
+  src = (_MLP.apply, _MLP.init(jax.random.key(5), jnp.zeros((1,) + _SHAPE)))
+  kwargs = dict(eps=0.1, key=jax.random.key(1), batch_size=16,
+                attacks=evaluation.STRONG_ATTACKS, cascade=True, source=src)
+  with_progress = evaluation.evaluate(_MLP.apply, _MLP_VARS, x, y,
+                                      progress=lines.append, **kwargs)
+  per = with_progress['per_example']['white_box']
+  alive = np.logical_and.reduce([per[a] for a in evaluation.PAPER_ATTACKS])
+  left = [int(alive.sum()), int((alive & per['apgd_ce']).sum())]
+  assert 0 < left[1] <= left[0] < 37
+  names = ', '.join(evaluation.PAPER_ATTACKS + tuple(
+      f'black-box {a}' for a in evaluation.PAPER_ATTACKS if a != 'clean'))
+  cascaded = [(a, k, b) for a, k in zip(evaluation.CASCADE_ATTACKS, left)
+              for b in range(1, -(-k // 16) + 1)]
+  assert lines == [f'batch {b}/3: {names}' for b in (1, 2, 3)] + [
+      f'{a} on the {k} examples still robust: batch {b}/{-(-k // 16)}'
+      for a, k, b in cascaded]
+  # Each paper batch waits for its 5 white-box and 4 black-box results,
+  # each survivors' batch for its one.
+  assert waited == [9, 9, 9] + [1] * len(cascaded)
+  monkeypatch.setattr(jax, 'block_until_ready', real_wait)
+  without = evaluation.evaluate(_MLP.apply, _MLP_VARS, x, y, **kwargs)
+  assert with_progress['white_box'] == without['white_box']
+  assert with_progress['black_box'] == without['black_box']
+
+
 def test_cascade_with_nothing_left_to_attack():
   """Labels no prediction matches: clean accuracy 0, so the cascaded APGD
   attacks have no example to run on and report 0 without an error."""

@@ -90,3 +90,16 @@ def test_write_results(tmp_path):
   assert json.loads(path.read_text())['method'] == 'standard'
   assert sorted(os.listdir(tmp_path / 'sub')) == ['results.json',
                                                   'results.md']
+
+
+def test_progress_printer_prints_at_most_once_per_interval(monkeypatch,
+                                                            capsys):
+  """A line is printed, with the seconds since the start, only when
+  ``every_s`` have passed since the last printed one (or the start)."""
+  clock = iter([10.0, 69.0, 70.0, 100.0, 130.2, 131.0])
+  monkeypatch.setattr(reporting.time, 'time', lambda: next(clock))
+  show = reporting.progress_printer(10.0, 60.0)
+  for i in range(6):
+    show(f'batch {i + 1}/6')
+  assert capsys.readouterr().out.splitlines() == [
+      '  batch 3/6 (60 s)', '  batch 5/6 (120 s)']
