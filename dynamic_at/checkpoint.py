@@ -151,11 +151,16 @@ class Checkpointer:
       kept = [int(n) for n in os.listdir(self.directory) if n.isdigit()]
     except OSError:
       kept = []
+    if isinstance(error, TimeoutError):  # e.g. orbax's async write
+      advice = ('the write did not finish in time (the process was '
+                'suspended, or the disk is slow); rerun')
+    else:
+      advice = 'free space or fix the folder, then rerun'
     return CheckpointError(
-        f'could not write {what} in {self.directory!r}: {error}. The '
-        'checkpoints already there are unchanged (steps '
-        f'{sorted(kept) or "none"}); free space or fix the folder, then rerun '
-        'to resume from the newest.')
+        f'could not write {what} in {self.directory!r}: '
+        f'{str(error).rstrip(".")}. The checkpoints already there are '
+        f'unchanged (steps {sorted(kept) or "none"}); {advice} to resume '
+        'from the newest.')
 
   def restore(self, target: train.TrainState, *,
               arrays_target: Optional[Mapping[str, Any]] = None,

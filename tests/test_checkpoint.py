@@ -156,6 +156,21 @@ def test_failed_writes_name_the_checkpoint_and_the_kept_steps(tmp_path,
       ckpt.wait_until_finished()
     assert str(info.value).startswith(
         f'could not write a checkpoint in {str(tmp_path)!r}: [Errno 28] ')
+
+    def timed_out(*args, **kwargs):  # as orbax's async write reports it
+      del args, kwargs
+      raise TimeoutError('ChainedFuture completed 1/5 futures but timed out '
+                         'after 0.00 seconds.')
+
+    monkeypatch.setattr(ckpt._manager, 'wait_until_finished', timed_out)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+      ckpt.wait_until_finished()
+    assert str(info.value) == (
+        f'could not write a checkpoint in {str(tmp_path)!r}: ChainedFuture '
+        'completed 1/5 futures but timed out after 0.00 seconds. The '
+        'checkpoints already there are unchanged (steps [1, 2]); the write '
+        'did not finish in time (the process was suspended, or the disk is '
+        'slow); rerun to resume from the newest.')
     monkeypatch.undo()
   # The folder is gone (or cannot be listed): "steps none".
   empty = tmp_path / 'empty'
