@@ -5,6 +5,7 @@ a few batches of the real shared data; flag and input checks run in-process
 through :func:`experiments.common.main_with_args`.
 """
 
+import copy
 import gzip
 import json
 import os
@@ -502,12 +503,15 @@ def test_source_workdir_must_be_a_run(tmp_path):
 
 
 def _parse(dataset, args):
+  """The Config a main for ``dataset`` would read from ``args``, parsed in
+  a copy of the global flags (whose defaults stay those of the Config)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.FLAGS.unparse_flags()
-  config_lib.set_dataset_defaults(dataset)
-  rest = flags.FLAGS([dataset, *args])
+  fv = copy.deepcopy(flags.FLAGS)
+  fv.unparse_flags()
+  config_lib.set_dataset_defaults(dataset, fv)
+  rest = fv([dataset, *args])
   assert rest == [dataset], f'flagfile left positional arguments {rest}'
-  return config_lib.config_from_flags(dataset)
+  return config_lib.config_from_flags(dataset, fv)
 
 
 # The resolved Config of each of the 12 method flagfiles before they were
