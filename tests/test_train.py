@@ -475,6 +475,34 @@ def test_sharded_pgd_passes_its_settings_to_pgd(monkeypatch):
   assert (authors['clip_start'], authors['compact']) == (False, True)
 
 
+def test_train_step_starts_from_the_step_keys_point_clipped_or_not(
+    monkeypatch):
+  """The attack of a training step starts at ``x0 + eps * U(-1, 1)`` drawn
+  with the step's key: clipped to the pixel box [0, 1] (the paper), or left
+  outside it on both sides (the authors' ``unclipped_random_start``)."""
+  starts = []
+  real = _attacks.pgd
+
+  def spy(*args, **kwargs):
+    starts.append(np.asarray(kwargs['x_start']))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(_attacks, 'pgd', spy)
+  batch = dp_worker.fixed_batch()
+  edges = dict(batch, image=jnp.round(batch['image']))  # pixels at 0 and 1
+  state, key, ap = _state(), jax.random.key(1), _ap(1)
+  for unclipped in (False, True):
+    train.make_train_step('standard', unclipped_random_start=unclipped)(
+        state, edges, key, ap)
+  x0 = edges['image']
+  noise = jax.random.uniform(jax.random.fold_in(key, state.step), x0.shape,
+                             x0.dtype, -1.0, 1.0)
+  raw = np.asarray(x0 + ap.eps * noise)
+  assert (raw < 0).any() and (raw > 1).any()
+  np.testing.assert_array_equal(starts[0], np.clip(raw, 0.0, 1.0))
+  np.testing.assert_array_equal(starts[1], raw)
+
+
 def test_model_without_batchnorm_trains():
   """A model without BatchNorm (no batch_stats collection) gets an empty
   batch_stats and trains with every method's step."""
