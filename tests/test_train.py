@@ -56,10 +56,16 @@ def test_unsecured_never_calls_the_attack(monkeypatch):
   _, metrics = jax.jit(train.make_train_step('unsecured'))(
       _state(), batch, jax.random.key(1), _ap())
   assert not calls
-  np.testing.assert_array_equal(metrics['steps'], 0)
-  jax.jit(train.make_train_step('standard'))(_state(), batch,
-                                             jax.random.key(1), _ap())
+  _, attacked = jax.jit(train.make_train_step('standard'))(
+      _state(), batch, jax.random.key(1), _ap())
   assert calls
+  # The same metrics as an attacked step (names, shapes, dtypes: the
+  # training loop sums and saves them alike), with no PGD step and FOSC 0.
+  shapes = lambda m: jax.tree.map(lambda a: (a.shape, a.dtype), m)
+  assert shapes(metrics) == shapes(attacked)
+  for name in ('steps', 'steps_max', 'iters_max', 'iters', 'steps_mean',
+               'fosc'):
+    np.testing.assert_array_equal(metrics[name], 0, err_msg=name)
 
 
 def test_standard_runs_all_steps_and_dynamic_limits():
