@@ -310,6 +310,7 @@ def evaluate(apply_fn: ApplyFn,
   direct = tuple(a for a in attacks if a not in cascaded)
   white = {a: [] for a in direct}
   black = {a: [] for a in black_attacks}
+
   def report(parts, line):
     if progress is not None:
       jax.block_until_ready([c for _, c in parts])

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
@@ -299,7 +299,8 @@ def evaluate_and_report(config: Config, state: train.TrainState,
   return out
 
 
-def progress_printer(start: float, every_s: float):
+def progress_printer(start: float,
+                     every_s: float) -> Callable[[str], None]:
   """A ``progress`` callback for :func:`dynamic_at.evaluation.evaluate`
   that prints its line with the seconds since ``start``, at most once every
   ``every_s`` seconds (an hour-long evaluation is not silent)."""
