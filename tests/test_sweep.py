@@ -58,9 +58,10 @@ def test_every_committed_grid_is_tested():
 @pytest.mark.parametrize('name, factor', [('cpu', 5), ('gpu', 1)])
 def test_cifar10_subset_grids_are_the_paper_schedule(monkeypatch, name,
                                                      factor):
-  """The four methods with the paper's CIFAR-10 settings; 120 epochs, lr
-  drops at 60 and 100 and T' 100, all divided by the same factor (5 for
-  the CPU grid, 1 for the GPU grid)."""
+  """The four methods with the paper's CIFAR-10 settings, and Standard with
+  PGD-5 (Dynamic's equal-cost control); 120 epochs, lr drops at 60 and 100
+  and T' 100, all divided by the same factor (5 for the CPU grid, 1 for the
+  GPU grid)."""
   monkeypatch.chdir(REPO)
   grid = sweep.load_grid(f'experiments/grids/cifar10_subset_{name}.json')
   assert grid.dataset == 'cifar10' and grid.seeds == (0,)
@@ -68,10 +69,11 @@ def test_cifar10_subset_grids_are_the_paper_schedule(monkeypatch, name,
              for v in grid.variants}
   assert {n: c.method for n, c in configs.items()} == {
       'unsecured': 'unsecured', 'standard': 'standard', 'dynamic': 'dynamic',
-      'curriculum': 'curriculum'}
-  for c in configs.values():
+      'curriculum': 'curriculum', 'standard_k5': 'standard'}
+  for name, c in configs.items():
     assert c.model == 'cifar10_cnn' and c.eps == pytest.approx(8 / 255)
-    assert c.step_size == pytest.approx(2 / 255) and c.num_steps == 10
+    assert c.step_size == pytest.approx(2 / 255)
+    assert c.num_steps == (5 if name == 'standard_k5' else 10)
     assert (c.learning_rate, c.momentum, c.weight_decay, c.batch_size) == (
         0.01, 0.9, 1e-4, 128)
     assert c.augment == 'crop_flip' and c.c_max == 0.5
