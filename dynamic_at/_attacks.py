@@ -26,8 +26,10 @@ class PGDInfo(NamedTuple):
 
   Attributes:
     steps: ``i32[batch]`` sign-gradient steps the example took.
-    fosc: ``f32[batch]`` FOSC of the returned example (centred on ``x0``).
-    loss: ``f32[batch]`` attack loss of the returned example.
+    fosc: ``[batch]`` FOSC of the returned example (centred on ``x0``), in the
+      inputs' dtype (float32 for float32 images).
+    loss: ``[batch]`` attack loss of the returned example, in the logits'
+      dtype.
     num_iters: ``i32[]`` iterations the loop ran: the steps of the slowest
       example, i.e. what the whole batch paid for.
   """
@@ -179,7 +181,8 @@ def pgd(logits_fn: LogitsFn,
     eps: L-inf radius, scalar or ``[batch]``.
     step_size: step ``alpha``, scalar or ``[batch]``.
     num_steps: maximum number of steps ``K`` (an integer, possibly traced).
-    c_stop: FOSC threshold ``c_t``; ``None`` never stops an example early.
+    c_stop: FOSC threshold ``c_t``, compared in float32; ``None`` never stops
+      an example early.
     random_start: start from a uniform random point of the ball.
     loss: ``'xent'``, ``'cw'`` or a callable ``(logits, labels) -> [batch]``.
     kappa: confidence of the C&W margin loss.
@@ -188,6 +191,11 @@ def pgd(logits_fn: LogitsFn,
     x_start: start from this point (projected onto the ball and the box)
       instead of ``x0`` or a random one; ``random_start`` and ``key`` are then
       unused. Lets a caller draw the random start once for a global batch.
+    clip_start: clip the start (random or ``x_start``) to
+      ``[clip_min, clip_max]`` before the first gradient, as the paper does.
+      With ``False`` the first gradient is taken at the start as it is (the
+      authors' code: ``x0 + U(-eps, eps)`` may leave the box); every step is
+      still clipped to the box.
     fosc_center: the point the FOSC is centred on; default (``None``) the clean
       ``x0``, as in the paper. The authors' code centres it on the random
       start instead (pass the start here to reproduce that). The eps-ball of
@@ -231,7 +239,9 @@ def pgd(logits_fn: LogitsFn,
   elif random_start:
     if key is None:
       raise ValueError('pgd: random_start=True needs a PRNG key')
-    x = random_start_point(key, x0, _expand(eps_b, x0), clip_min, clip_max)
+    # Drawn in the ball only: the projection below clips it to the box unless
+    # clip_start=False (the authors' unclipped start).
+    x = random_start_point(key, x0, _expand(eps_b, x0), -jnp.inf, jnp.inf)
   else:
     x = x0
 
@@ -288,10 +298,10 @@ def pgd(logits_fn: LogitsFn,
     if final_eval:
       loss_new, grad_new, fosc_new = evaluate_active(x_new, c.active)
     else:
-      nan = jnp.full((batch,), jnp.nan, jnp.float32)
       loss_new, grad_new, fosc_new = jax.lax.cond(
           c.k + 1 < num_steps, lambda: evaluate_active(x_new, c.active),
-          lambda: (nan, c.grad, nan))
+          lambda: (jnp.full_like(c.loss, jnp.nan), c.grad,
+                   jnp.full_like(c.fosc, jnp.nan)))
     # A frozen example keeps the loss and FOSC it had when it was frozen (its
     # point and the model are unchanged, so they are also its current
     # values). Its gradient is never used again (it takes no more steps), so

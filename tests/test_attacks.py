@@ -341,9 +341,10 @@ def test_final_eval_false_costs_k_gradients_and_moves_the_same(c_stop):
 
 def test_random_start_needs_key():
   x0, y = _data(2)
-  with pytest.raises(ValueError, match='PRNG key'):
+  with pytest.raises(ValueError) as error:
     dat.pgd(functools.partial(_mlp, _mlp_params()), x0, y, None, eps=0.1,
             step_size=0.1, num_steps=1)
+  assert str(error.value) == 'pgd: random_start=True needs a PRNG key'
 
 
 def test_unclipped_start_takes_its_first_gradient_outside_the_box():
@@ -443,3 +444,154 @@ def test_coordinates_without_gradient_do_not_move():
 def test_compaction_bucket_sizes(batch, compact, expected):
   from dynamic_at import _attacks  # pylint: disable=g-import-not-at-top
   assert _attacks._bucket_sizes(batch, compact) == expected
+
+
+@pytest.mark.parametrize('loss, kappa', [('xent', None), ('cw', None),
+                                         ('cw', 5.0)])
+def test_info_is_the_loss_and_fosc_of_the_returned_point(loss, kappa):
+  # info.loss and info.fosc are those of the returned point under the attack's
+  # own loss (C&W: its kappa, 50 when not given), FOSC centred on x0; the
+  # documented dtypes and shapes.
+  params = _mlp_params()
+  logits_fn = functools.partial(_mlp, params)
+  x0, y = _data(8, low=0.2, high=0.8)
+  eps = 0.1
+  settings = {} if kappa is None else dict(kappa=kappa)
+  x, info = dat.pgd(logits_fn, x0, y, jax.random.key(2), eps=eps,
+                    step_size=eps / 4, num_steps=3, loss=loss, **settings)
+  loss_fn = dat.get_loss(loss, 50.0 if kappa is None else kappa)
+  want_loss, grad = dat.input_grad(logits_fn, x, y, loss_fn)
+  np.testing.assert_allclose(info.loss, want_loss, rtol=1e-6)
+  np.testing.assert_allclose(info.loss, loss_fn(logits_fn(x), y), rtol=1e-6)
+  np.testing.assert_allclose(info.fosc, dat.fosc(x, x0, grad, eps),
+                             rtol=1e-5, atol=1e-6)
+  # input_grad's own default kappa is 50 too.
+  got_loss, got_grad = dat.input_grad(logits_fn, x, y, loss, **settings)
+  np.testing.assert_array_equal(got_loss, want_loss)
+  np.testing.assert_array_equal(got_grad, grad)
+  assert info.steps.dtype == jnp.int32 and info.steps.shape == (8,)
+  assert info.num_iters.dtype == jnp.int32 and info.num_iters.shape == ()
+  assert info.fosc.dtype == info.loss.dtype == jnp.float32
+  assert info.fosc.shape == info.loss.shape == (8,)
+
+
+@pytest.mark.parametrize('compact', [False, 2])
+@pytest.mark.parametrize('final_eval', [True, False])
+def test_bfloat16_inputs_cast_every_argument_to_their_dtype(compact,
+                                                             final_eval):
+  # bfloat16 images with float32 eps, step size, start and FOSC centre (values
+  # that bfloat16 cannot hold): the same as with those cast to bfloat16 first,
+  # and the result stays bfloat16.
+  params = _mlp_params()
+  logits_fn = functools.partial(_mlp, params)
+  x0_32, y = _data(16, low=0.2, high=0.8)
+  x0 = x0_32.astype(jnp.bfloat16)
+  eps, step = jnp.float32(0.1), jnp.float32(0.0301)
+  noise = jax.random.uniform(jax.random.key(4), x0.shape, jnp.float32, -1, 1)
+  start = x0_32 + 0.1 * noise
+  center = x0_32 + 0.01 * noise[::-1]
+  bf = lambda a: jnp.asarray(a, jnp.bfloat16)
+  assert not np.array_equal(np.float32(bf(start)), np.asarray(start))
+  common = dict(num_steps=4, c_stop=0.3, compact=compact,
+                final_eval=final_eval)
+  for extra, extra_bf16 in (
+      (dict(x_start=start, fosc_center=center),
+       dict(x_start=bf(start), fosc_center=bf(center))),
+      ({}, {})):
+    got = dat.pgd(logits_fn, x0, y, jax.random.key(1), eps=eps,
+                  step_size=step, **common, **extra)
+    want = dat.pgd(logits_fn, x0, y, jax.random.key(1), eps=bf(eps),
+                   step_size=bf(step), **common, **extra_bf16)
+    chex.assert_trees_all_equal(got, want)
+    assert got[0].dtype == jnp.bfloat16
+    assert got[1].fosc.dtype == jnp.bfloat16
+
+
+def test_fosc_is_centred_on_fosc_center_when_given():
+  # The authors' variant: FOSC around another point (their random start);
+  # the projection stays around x0.
+  params = _mlp_params()
+  logits_fn = functools.partial(_mlp, params)
+  x0, y = _data(8, low=0.2, high=0.8)
+  eps = 0.1
+  center = dat.random_start_point(jax.random.key(3), x0, eps)
+  x, info = dat.pgd(logits_fn, x0, y, eps=eps, step_size=eps / 4,
+                    num_steps=3, random_start=False, fosc_center=center)
+  _, grad = dat.input_grad(logits_fn, x, y)
+  np.testing.assert_allclose(info.fosc, dat.fosc(x, center, grad, eps),
+                             rtol=1e-5, atol=1e-6)
+  assert not np.allclose(info.fosc, dat.fosc(x, x0, grad, eps), rtol=1e-3)
+  assert float(jnp.max(jnp.abs(x - x0))) <= eps + 1e-6
+  # Without a threshold the centre changes only the reported FOSC, not the
+  # points (the stop rule reads the same values as info.fosc).
+  x_plain, _ = dat.pgd(logits_fn, x0, y, eps=eps, step_size=eps / 4,
+                       num_steps=3, random_start=False)
+  np.testing.assert_array_equal(x, x_plain)
+
+
+def test_unclipped_random_start_with_clip_start_false():
+  params = _mlp_params()
+  logits_fn = functools.partial(_mlp, params)
+  x0, y = _data(16)  # uniform in [0, 1]: many starts fall outside the box
+  eps, key = 0.3, jax.random.key(5)
+  drawn = x0 + eps * jax.random.uniform(key, x0.shape, x0.dtype, -1.0, 1.0)
+  assert float(drawn.min()) < 0.0 and float(drawn.max()) > 1.0
+  for clip_start, want in ((False, drawn), (True, jnp.clip(drawn, 0.0, 1.0))):
+    x, info = dat.pgd(logits_fn, x0, y, key, eps=eps, step_size=eps / 4,
+                      num_steps=0, clip_start=clip_start)
+    np.testing.assert_allclose(x, want, rtol=0, atol=1e-7)
+    _, grad = dat.input_grad(logits_fn, want, y)
+    np.testing.assert_allclose(info.fosc, dat.fosc(want, x0, grad, eps),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('compact, want_sizes', [
+    # Off (the default): every evaluation is of the whole batch.
+    (None, [32, 32, 32, 32, 32]),
+    # Buffers 32, 28, 24, ..., 4, 2: the smallest that holds the active
+    # examples (16 active: 16, not 20).
+    (2, [32, 32, 32, 16, 8]),
+])
+def test_compaction_evaluates_the_smallest_buffer_holding_the_active(
+    compact, want_sizes):
+  logits_fn, loss, w, _, _ = _linear_problem()
+  rng = np.random.default_rng(1)
+  x0 = jnp.float32(rng.integers(24, 41, (32,) + _SHAPE) / 64.0)
+  # From x0, (y + 1) * (1 - k / 4) <= 1/2 freezes y = 0 at step 2, y = 1 at
+  # step 3 and y = 3 at step 4 (FOSC 0): 16, 8 and 8 examples.
+  y = jnp.int32([0] * 16 + [1] * 8 + [3] * 8)
+  c = 0.5 * 0.25 * float(jnp.abs(w).sum())
+  sizes = []
+
+  def recording(x):
+    jax.debug.callback(functools.partial(sizes.append, x.shape[0]),
+                       ordered=True)
+    return logits_fn(x)
+
+  settings = {} if compact is None else dict(compact=compact)
+  x, info = jax.jit(lambda: dat.pgd(
+      recording, x0, y, eps=0.25, step_size=0.0625, num_steps=10, c_stop=c,
+      random_start=False, loss=loss, **settings))()
+  jax.effects_barrier()
+  np.testing.assert_array_equal(info.steps, [2] * 16 + [3] * 8 + [4] * 8)
+  assert sizes == want_sizes
+  expected_k = np.asarray(info.steps, np.float32).reshape(32, 1, 1, 1)
+  np.testing.assert_array_equal(
+      x, x0 + expected_k * 0.0625 * jnp.sign(w).reshape(_SHAPE))
+
+
+def test_threshold_is_compared_in_float32_even_with_x64():
+  # A threshold a float32 rounds onto the FOSC value c: frozen at c (<=), as
+  # in test_positive_threshold_stops_early_at_the_predicted_step.
+  logits_fn, loss, w, x0, y = _linear_problem()
+  eps, step = 0.25, 0.0625
+  c = 0.5 * eps * float(jnp.abs(w).sum())
+  below = c * (1 - 2.0**-30)
+  assert below < c and np.float32(below) == np.float32(c)
+  # A Python float is weakly typed; a numpy float64 is not.
+  for threshold in (below, np.float64(below)):
+    with jax.enable_x64(True):
+      _, info = dat.pgd(logits_fn, x0, y, None, eps=eps, step_size=step,
+                        num_steps=10, c_stop=threshold, random_start=False,
+                        loss=loss)
+    np.testing.assert_array_equal(info.steps, [2, 3, 4, 4])

@@ -184,6 +184,24 @@ def test_optimizer_applies_learning_rate_schedule():
         0.05 * 0.1 ** ((i >= 3) + (i >= 9)) / (1 + 0.25 * i), rel=1e-6)
 
 
+def test_optimizer_momentum_and_drop_factor():
+  """SGD momentum carries the previous gradients (trace = g + m * trace,
+  update = -rate * trace), and the rate drops by the given factor."""
+  params = {'w': jnp.ones(())}
+  tx = train.make_optimizer(learning_rate=0.1, momentum=0.9, weight_decay=0.0,
+                            steps_per_epoch=1, lr_drop_epochs=(1,),
+                            lr_drop_factor=0.5)
+  s = tx.init(params)
+  updates = []
+  for g in (1.0, 2.0, -1.0):
+    u, s = tx.update({'w': jnp.float32(g)}, s, params)
+    updates.append(float(u['w']))
+  trace2 = 2.0 + 0.9 * 1.0
+  np.testing.assert_allclose(
+      updates, [-0.1, -0.05 * trace2, -0.05 * (-1.0 + 0.9 * trace2)],
+      rtol=1e-6)
+
+
 def test_warmup_eps():
   assert [train.warmup_eps(t, 0.3, 3) for t in range(5)] == pytest.approx(
       [0.1, 0.2, 0.3, 0.3, 0.3])
