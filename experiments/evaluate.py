@@ -6,7 +6,9 @@ dataset and eps from its ``flags.json``, attacks the first
 PGD-10, PGD-20, CW-inf), and with ``--source_workdir`` also black-box
 (transfer) attacks crafted on that run's model. Prints loud sanity warnings
 (including the PGD-20 accuracy at eps = 1, a gradient-masking check), writes
-``WORKDIR/results.json`` and ``results.md`` and prints the table::
+``WORKDIR/results.json`` and ``results.md`` and prints the table. Results
+already there (e.g. the training run's own) are kept as ``results.1.json``
+and ``results.1.md`` (the first free number)::
 
   python -m experiments.evaluate --workdir=runs/mnist_dynamic \\
       --source_workdir=runs/mnist_standard --num_eval_examples=10000

@@ -187,6 +187,32 @@ def write_results(path_json: 'os.PathLike[str] | str',
   return path_json, path_md
 
 
+def keep_previous_results(path_json: 'os.PathLike[str] | str'
+                          ) -> Optional[str]:
+  """Moves an existing results file (and its ``.md``) aside before a new
+  evaluation replaces it: ``results.json`` -> ``results.1.json``, the first
+  number free for both files. A re-evaluation (``experiments.evaluate``,
+  e.g. with other attacks or fewer examples) thus never loses the training
+  run's own results.
+
+  Returns:
+    The path the old JSON now has, or ``None`` when there was none.
+  """
+  path_json = os.fspath(path_json)
+  if not os.path.exists(path_json):
+    return None
+  stem = os.path.splitext(path_json)[0]
+  n = 1
+  while (os.path.exists(f'{stem}.{n}.json') or
+         os.path.exists(f'{stem}.{n}.md')):
+    n += 1
+  kept = f'{stem}.{n}.json'
+  os.replace(path_json, kept)
+  if os.path.exists(stem + '.md'):
+    os.replace(stem + '.md', f'{stem}.{n}.md')
+  return kept
+
+
 # --------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------
@@ -291,6 +317,9 @@ def evaluate_and_report(config: Config, state: train.TrainState,
       'step': meta.get('step'),
   }
   if is_main_process():
+    kept = keep_previous_results(os.path.join(config.workdir, RESULTS_FILE))
+    if kept:
+      print(f'Kept the previous {RESULTS_FILE} as {kept}', flush=True)
     json_path, _ = write_results(
         os.path.join(config.workdir, RESULTS_FILE), out)
     print(results_markdown(

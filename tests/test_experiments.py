@@ -151,6 +151,12 @@ def test_evaluate_entry_point_black_box(mnist_run, tmp_path, subprocess_env):
     assert acc == results['white_box'][attack]
   assert results['flags']['method'] == 'dynamic'
   assert results['step'] == 8
+  # The training run's own results (copied with the workdir) are kept.
+  for ext in ('json', 'md'):
+    assert (target / f'results.1.{ext}').read_bytes() == (
+        workdir / f'results.{ext}').read_bytes()
+  assert f'Kept the previous results.json as {target}/results.1.json' in (
+      proc.stdout)
 
 
 def test_evaluate_strong_attacks_as_a_cascade(mnist_run, tmp_path,

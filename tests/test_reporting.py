@@ -92,6 +92,29 @@ def test_write_results(tmp_path):
                                                   'results.md']
 
 
+def test_keep_previous_results_moves_them_to_the_first_free_number(
+    tmp_path):
+  path = tmp_path / 'results.json'
+  assert reporting.keep_previous_results(path) is None
+  assert not list(tmp_path.iterdir())
+  reporting.write_results(path, dict(_CONSISTENT, dataset='mnist'))
+  first_json, first_md = path.read_text(), (tmp_path / 'results.md').read_text()
+  # results.1.md taken (a stray file): both files go to number 2.
+  (tmp_path / 'results.1.md').write_text('other')
+  kept = reporting.keep_previous_results(path)
+  assert kept == str(tmp_path / 'results.2.json')
+  assert (tmp_path / 'results.2.json').read_text() == first_json
+  assert (tmp_path / 'results.2.md').read_text() == first_md
+  assert (tmp_path / 'results.1.md').read_text() == 'other'
+  assert not path.exists() and not (tmp_path / 'results.md').exists()
+  # Only a JSON (no markdown beside it): moved alone, to the next number.
+  path.write_text('{}')
+  assert reporting.keep_previous_results(path) == str(
+      tmp_path / 'results.3.json')
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'results.1.md', 'results.2.json', 'results.2.md', 'results.3.json']
+
+
 def test_progress_printer_prints_at_most_once_per_interval(monkeypatch,
                                                             capsys):
   """A line is printed, with the seconds since the start, only when
