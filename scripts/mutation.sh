@@ -35,9 +35,7 @@ case "$module" in
     tests='"tests/test_attacks.py", "tests/test_fosc.py"' ;;
   train)
     file=dynamic_at/train.py
-    # The BatchNorm-CNN Dynamic test and the curriculum-k test train for many
-    # steps; the rest covers every method's step.
-    tests='"tests/test_train.py", "-k", "not test_dynamic_fosc_stop_rule_on_a_batchnorm_cnn and not test_curriculum_k_follows"' ;;
+    tests='"tests/test_train.py"' ;;
   checkpoint)
     file=dynamic_at/checkpoint.py
     # Without the resume test, which trains MNIST in subprocesses; with the

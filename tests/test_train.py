@@ -182,6 +182,11 @@ def test_optimizer_applies_learning_rate_schedule():
     assert -np.asarray(u['w']) == np.asarray(schedule(jnp.int32(i)))
     assert float(schedule(jnp.int32(i))) == pytest.approx(
         0.05 * 0.1 ** ((i >= 3) + (i >= 9)) / (1 + 0.25 * i), rel=1e-6)
+  # The defaults: drops by 0.1, no per-iteration decay.
+  plain = train.learning_rate_schedule(0.05, steps_per_epoch=3,
+                                       lr_drop_epochs=(1,))
+  np.testing.assert_allclose([float(plain(jnp.int32(i))) for i in range(6)],
+                             [0.05] * 3 + [0.005] * 3, rtol=1e-6)
 
 
 def test_optimizer_momentum_and_drop_factor():
