@@ -551,6 +551,8 @@ def test_unclipped_random_start_with_clip_start_false():
     # Buffers 32, 28, 24, ..., 4, 2: the smallest that holds the active
     # examples (16 active: 16, not 20).
     (2, [32, 32, 32, 16, 8]),
+    # One buffer besides the batch: 28.
+    (28, [32, 32, 32, 28, 28]),
 ])
 def test_compaction_evaluates_the_smallest_buffer_holding_the_active(
     compact, want_sizes):
