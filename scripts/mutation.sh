@@ -71,6 +71,10 @@ process_isolation = "forkserver"
 forkserver_warmup = "none"
 # Each mutant's process imports JAX and compiles its tests' programs anew.
 timeout_constant = 30.0
+# A mutant that never ends its loop (e.g. the PGD iteration counter going
+# down) is stopped after (selection's time + 30 s) * 2 * 2 CPU seconds
+# (mutmut's default multiplier 15 would wait half an hour).
+timeout_multiplier = 2.0
 use_git_change_detection = false
 EOF
 
