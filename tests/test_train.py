@@ -325,10 +325,21 @@ def test_step_trains_on_the_adversarial_batch_and_updates_batch_stats():
   np.testing.assert_array_equal(metrics['steps'], np.full(16, 5))
   np.testing.assert_allclose(metrics['fosc'], info.fosc, rtol=1e-4, atol=1e-5)
   assert float(jnp.max(jnp.abs(x_adv - x0))) > _EPS / 2  # a real attack
-  params_adv, stats_adv, _ = _hand_sgd_step(state, x_adv, y)
+  params_adv, stats_adv, adv_logits = _hand_sgd_step(state, x_adv, y)
   params_clean, stats_clean, _ = _hand_sgd_step(state, x0, y)
   tol = dict(rtol=1e-4, atol=1e-6)
   chex.assert_trees_all_close(new.params, params_adv, **tol)
+  # The reported loss and accuracy: the training-mode logits' on the
+  # adversarial batch, example by example (not, e.g., the share of one
+  # class's labels, which this batch tells apart).
+  np.testing.assert_allclose(
+      metrics['loss'],
+      optax.softmax_cross_entropy_with_integer_labels(adv_logits, y).mean(),
+      rtol=1e-5)
+  accuracy = float(jnp.mean(jnp.argmax(adv_logits, -1) == y))
+  assert float(metrics['accuracy']) == accuracy
+  flat = int(jnp.argmax(adv_logits))
+  assert accuracy not in (float(jnp.mean(y == 0)), float(jnp.mean(y == flat)))
   assert _max_abs_diff(params_adv, params_clean) > 1e-3
   # BatchNorm statistics moved, to those of the adversarial batch.
   assert _max_abs_diff(new.batch_stats, state.batch_stats) > 1e-3
