@@ -4,9 +4,9 @@ Croce & Hein, "Minimally distorted adversarial examples with a fast adaptive
 boundary attack", ICML 2020, in the form AutoAttack's standard version runs it
 (``'fab-t'``: ``norm='Linf'``, ``n_restarts=1``, ``n_iter=100``,
 ``n_target_classes=9``, ``alpha_max=0.1``, ``eta=1.05``, ``beta=0.9``). The
-code follows the authors' reference implementation (fra31/auto-attack:
-``autoattack/fab_base.py`` ``FABAttack.attack_single_run`` with
-``is_targeted=True`` -- formerly ``attack_single_run_targeted`` -- and
+code follows the authors' reference implementation (fra31/auto-attack,
+commit a392200: ``autoattack/fab_base.py`` ``FABAttack.attack_single_run``
+with ``is_targeted=True`` -- formerly ``attack_single_run_targeted`` -- and
 ``perturb``; ``autoattack/fab_pt.py``
 ``FABAttack_PT.get_diff_logits_grads_batch_targeted``;
 ``autoattack/fab_projections.py`` ``projection_linf``), batched: every example
@@ -26,8 +26,9 @@ One run (target ``t``, start ``x_1``; ``x0`` the clean point). Per iteration:
    value and input gradient ``w`` (one gradient evaluation); the decision
    hyperplane is ``{z : w.z = b}`` with ``b = w.x_1 - g(x_1)``.
 2. ``d_1``, ``d_2``: the minimal L-inf steps from ``x_1`` and from ``x0`` onto
-   that hyperplane intersected with the pixel box (:func:`projection_linf`),
-   the box's nearest corner-ward point where the hyperplane is out of reach.
+   that hyperplane intersected with the pixel box (:func:`projection_linf`;
+   where the hyperplane misses the box, the step to the box corner on its
+   side).
 3. ``alpha = clip(|d_1| / (|d_1| + |d_2|), 0, alpha_max)`` with
    ``|.| = max(||.||_inf, 1e-8)``, and
    ``x_1 <- clip((1 - alpha)(x_1 + eta d_1) + alpha (x0 + eta d_2))``.
@@ -60,6 +61,7 @@ float rounding) when ``num_restarts=1`` and the box is ``[0, 1]``:
 * Random restarts (``num_restarts > 1`` only) draw from ``key`` split per
   (target, restart), not from torch's global stream; same distribution.
 * The "no adversarial point yet" distance is ``inf``, not ``1e10``.
+* ``FABInfo`` is ours: the reference returns only the points.
 * The sort of the projection is stable (``jnp.argsort``); torch's is not.
   Tied entries give the same projection up to rounding.
 * The projection divides by guarded denominators where the reference's
