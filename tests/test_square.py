@@ -388,6 +388,12 @@ def test_same_key_same_result_examples_independent_and_traced_eps():
   d = attack(x_mix, y_mix, jax.random.key(5), 0.1)
   np.testing.assert_array_equal(d[0][3], a[0][3])
   assert d[1].queries[3] == a[1].queries[3]
+  # ... and examples draw independently: two copies of an example do not
+  # follow the same path.
+  x_dup, y_dup = x0.at[2].set(x0[1]), y.at[2].set(y[1])
+  e = attack(x_dup, y_dup, jax.random.key(5), 0.1)
+  assert e[1].queries[1] > 0
+  assert not np.array_equal(e[0][1], e[0][2])
   # Another eps: the same trace.
   x, _ = attack(x0, y, jax.random.key(5), 0.2)
   assert float(jnp.max(jnp.abs(x - x0))) <= 0.2 + 1e-6
