@@ -254,11 +254,11 @@ def test_linear_model_reaches_worst_vertex():
   logits = x0.reshape(batch, -1).astype(np.float64) @ wt + b
   y = np.argmax(logits, axis=1).astype(np.int32)
   a = wt[:, y].T - wt[:, 1 - y].T                        # [batch, d]
-  margin0 = np.take_along_axis(logits, y[:, None], 1)[:, 0] - np.take_along_axis(
-      logits, 1 - y[:, None], 1)[:, 0]
+  rows = np.arange(batch)
+  margin0 = logits[rows, y] - logits[rows, 1 - y]
   l1 = np.abs(a).sum(axis=1)
   # Vertex margin margin0 - eps * l1 = margin0 * (1 - factor).
-  factor = np.where(np.arange(batch) % 2 == 0, 0.7, 1.3)
+  factor = np.where(rows % 2 == 0, 0.7, 1.3)
   eps = (factor * margin0 / l1).astype(np.float32)
   assert np.all(eps < 0.35)  # the vertex is inside the box
   best = margin0 - eps.astype(np.float64) * l1
@@ -366,6 +366,10 @@ def test_fooled_examples_stop_and_queries_count_the_start():
     target = queries == q   # fooled at iteration q - 1 (1-based)
     assert np.all((running if n == q - 2 else done)[target])
   assert np.all(queries[y != np.argmax(_int_mlp_np(params, x0), 1)] == 0)
+  # With a larger eps every example is fooled early and the loop ends then.
+  _, big = attack(x0, y, key, eps=12 / 64, num_queries=_NQ)
+  assert np.all(np.asarray(big.success))
+  assert int(big.num_iters) == int(np.max(big.queries)) - 1 < _NQ
 
 
 def test_same_key_same_result_examples_independent_and_traced_eps():
