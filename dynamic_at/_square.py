@@ -309,8 +309,8 @@ def square_attack(logits_fn: LogitsFn,
     eps: L-inf radius, scalar or ``[batch]``; may be traced.
     num_queries: iterations (AutoAttack's ``n_queries``), static.
     p_init: initial fraction of the image a square covers, static.
-    clip_min: lower pixel bound.
-    clip_max: upper pixel bound.
+    clip_min: lower pixel bound, a Python number (static).
+    clip_max: upper pixel bound, a Python number (static).
 
   Returns:
     ``(x_adv, info)``: ``x_adv`` shaped like ``x0`` (gradient-stopped): the
