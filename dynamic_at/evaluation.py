@@ -19,6 +19,7 @@ evaluation of the same model (e.g. every epoch) compiles nothing.
 This module never reads absl flags; every function takes explicit arguments.
 """
 
+import dataclasses
 import functools
 import math
 from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional,
@@ -32,58 +33,159 @@ from jax.sharding import Mesh
 
 from dynamic_at import _apgd
 from dynamic_at import _attacks
+from dynamic_at import _fab
+from dynamic_at import _square
 from dynamic_at import parallel
 
 ApplyFn = Callable[..., jax.Array]
 
-PAPER_ATTACKS = ('clean', 'fgsm', 'pgd10', 'pgd20', 'cw_inf')
-# The paper's attacks plus AutoAttack's parameter-free APGD (Croce & Hein
-# 2020): APGD-CE and APGD-T (targeted DLR, 9 target classes), 100 steps each.
-STRONG_ATTACKS = PAPER_ATTACKS + ('apgd_ce', 'apgd_t')
-
 WORST_CASE = 'worst_case'
 
-# With ``cascade=True`` these attack only the examples that every attack
-# before them left correctly classified (AutoAttack's practice).
-CASCADE_ATTACKS = ('apgd_ce', 'apgd_t')
 
-# Each attack folds its own fixed number into the batch key, so an attack's
-# random start does not depend on which other attacks run or in what order.
-_ATTACK_IDS = {name: i for i, name in enumerate(STRONG_ATTACKS)}
+@dataclasses.dataclass(frozen=True)
+class Attack:
+  """One evaluation attack: everything the evaluation, the reports and the
+  flags need to know of it. Adding an attack is its module plus one
+  :func:`register_attack` call below.
+
+  Attributes:
+    name: the key of :data:`ATTACKS`, of ``results.json`` and of ``--attacks``
+      lists (lower case, no spaces).
+    display_name: how reports, tables and warnings name it.
+    fn: ``fn(logits_fn, x, y, key, *, eps) -> (x_adv, info)``; ``None`` for
+      ``'clean'`` (the images as they are).
+    stream_id: the number folded into each batch's key for this attack's
+      random draws. Fixed per attack, never derived from a list position, so
+      an attack's draws (and results) do not depend on which other attacks
+      run or in what order.
+    cascadable: may run as a cascade (``evaluate(cascade=True)``): only on the
+      examples every attack listed before it left correctly classified.
+    transferable: is crafted on the source model in a black-box
+      (``source=...``) evaluation.
+    description: one line for the flag help and the docs: what it is and its
+      cost in model evaluations per example.
+  """
+  name: str
+  display_name: str
+  fn: Optional[Callable[..., Tuple[jax.Array, Any]]]
+  stream_id: int
+  cascadable: bool = False
+  transferable: bool = False
+  description: str = ''
+
+
+ATTACKS: Dict[str, Attack] = {}
+
+
+def register_attack(attack: Attack) -> Attack:
+  """Adds ``attack`` to :data:`ATTACKS` (its name and stream id unique)."""
+  if attack.name in ATTACKS or attack.name == WORST_CASE:
+    raise ValueError(f'attack {attack.name!r} is already registered')
+  used = {a.stream_id: a.name for a in ATTACKS.values()}
+  if attack.stream_id in used:
+    raise ValueError(f'attack {attack.name!r}: stream_id {attack.stream_id} '
+                     f'is {used[attack.stream_id]!r}\'s')
+  ATTACKS[attack.name] = attack
+  return attack
+
+
+def _num_targets(logits_fn, x) -> int:
+  """AutoAttack's 9 target classes, fewer if the model has fewer than 10."""
+  return min(9, jax.eval_shape(logits_fn, x).shape[-1] - 1)
+
 
 def _apgd_t(logits_fn, x, y, key, *, eps):
-  """APGD-T with AutoAttack's 9 target classes (fewer if the model has
-  fewer than 10 classes)."""
-  num_classes = jax.eval_shape(logits_fn, x).shape[-1]
   return _apgd.apgd_targeted(logits_fn, x, y, key, eps=eps,
-                             num_targets=min(9, num_classes - 1))
+                             num_targets=_num_targets(logits_fn, x))
 
 
-# The evaluation only needs the points: final_eval=False skips the loss and
-# FOSC at the last step's points (one gradient evaluation of K + 1).
-_ATTACK_FNS = {
-    'fgsm': functools.partial(_attacks.fgsm, final_eval=False),
-    'pgd10': functools.partial(_attacks.pgd10, final_eval=False),
-    'pgd20': functools.partial(_attacks.pgd20, final_eval=False),
-    'cw_inf': functools.partial(_attacks.cw_inf, final_eval=False),
-    'apgd_ce': functools.partial(_apgd.apgd, loss='ce'),
-    'apgd_t': _apgd_t,
-}
+def _fab_t(logits_fn, x, y, key, *, eps):
+  return _fab.fab_targeted(logits_fn, x, y, key, eps=eps,
+                           num_targets=_num_targets(logits_fn, x))
 
-# How reports and warnings name each attack.
-DISPLAY_NAMES = {
-    'clean': 'Clean',
-    'fgsm': 'FGSM',
-    'pgd10': 'PGD-10',
-    'pgd20': 'PGD-20',
-    'cw_inf': 'CW-inf',
-    'apgd_ce': 'APGD-CE',
-    'apgd_t': 'APGD-T',
-    WORST_CASE: 'Worst case',
-}
+
+# The stream ids 0-6 are the positions the attacks had in the list that
+# numbered them before the registry existed: results stay bit-identical.
+# The paper's attacks only need the points: final_eval=False skips the loss
+# and FOSC at the last step's points (one gradient evaluation of K + 1).
+register_attack(Attack(
+    'clean', 'Clean', None, 0, transferable=False,
+    description='the test images as they are (no attack)'))
+register_attack(Attack(
+    'fgsm', 'FGSM', functools.partial(_attacks.fgsm, final_eval=False), 1,
+    transferable=True,
+    description='one sign step of size eps from the clean point (1 gradient)'))
+register_attack(Attack(
+    'pgd10', 'PGD-10', functools.partial(_attacks.pgd10, final_eval=False), 2,
+    transferable=True,
+    description='PGD, 10 steps of eps/4 from a random start (10 gradients)'))
+register_attack(Attack(
+    'pgd20', 'PGD-20', functools.partial(_attacks.pgd20, final_eval=False), 3,
+    transferable=True,
+    description='PGD, 20 steps of eps/4 from a random start (20 gradients)'))
+register_attack(Attack(
+    'cw_inf', 'CW-inf', functools.partial(_attacks.cw_inf, final_eval=False),
+    4, transferable=True,
+    description='PGD on the C&W margin loss, kappa 50, 30 steps of eps/4 '
+    '(30 gradients)'))
+register_attack(Attack(
+    'apgd_ce', 'APGD-CE', functools.partial(_apgd.apgd, loss='ce'), 5,
+    cascadable=True,
+    description="AutoAttack's APGD on cross-entropy, 100 steps (100 "
+    'gradients)'))
+register_attack(Attack(
+    'apgd_t', 'APGD-T', _apgd_t, 6, cascadable=True,
+    description="AutoAttack's APGD on the targeted DLR loss, 9 targets x 100 "
+    'steps (900 gradients)'))
+register_attack(Attack(
+    'fab_t', 'FAB-T', _fab_t, 7, cascadable=True,
+    description="AutoAttack's targeted FAB, 9 targets x 100 steps (900 "
+    'gradients and 902 forward passes)'))
+register_attack(Attack(
+    'square', 'Square', _square.square_attack, 8, cascadable=True,
+    description='the Square attack, 5,000 queries, no gradients (up to 5,001 '
+    'forward passes)'))
+
+# The attack sets of ``--attacks``. ``autoattack`` is AutoAttack's standard
+# version (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T and Square, meant to
+# run as a cascade on the examples still robust.
+PAPER_ATTACKS = ('clean', 'fgsm', 'pgd10', 'pgd20', 'cw_inf')
+# The paper's attacks plus AutoAttack's parameter-free APGD-CE and APGD-T.
+STRONG_ATTACKS = PAPER_ATTACKS + ('apgd_ce', 'apgd_t')
+AUTOATTACK = ('clean', 'apgd_ce', 'apgd_t', 'fab_t', 'square')
+ATTACK_SETS = {'paper': PAPER_ATTACKS, 'strong': STRONG_ATTACKS,
+               'autoattack': AUTOATTACK}
+
+# Derived from the registry (kept for the callers that read them).
+CASCADE_ATTACKS = tuple(a.name for a in ATTACKS.values() if a.cascadable)
+DISPLAY_NAMES = {**{a.name: a.display_name for a in ATTACKS.values()},
+                 WORST_CASE: 'Worst case'}
+
+
+def attack_set(spec: str) -> Tuple[str, ...]:
+  """The attacks of ``spec``: a set name of :data:`ATTACK_SETS` or a
+  comma-separated list of :data:`ATTACKS` names (e.g.
+  ``'clean,pgd20,square'``), checked.
+
+  Raises:
+    ValueError: naming the unknown set or attacks and listing the valid ones.
+  """
+  if spec in ATTACK_SETS:
+    return ATTACK_SETS[spec]
+  names = tuple(a.strip() for a in spec.split(',') if a.strip())
+  unknown = [a for a in names if a not in ATTACKS]
+  if unknown or not names:
+    raise ValueError(
+        f'attacks {spec!r}: not a set ({", ".join(ATTACK_SETS)}) and '
+        f'unknown attacks {unknown}; valid attacks: {", ".join(ATTACKS)}')
+  return _check_attacks(names)
+
 
 # Tolerance (accuracy points) of the orderings :func:`sanity_warnings` checks.
 DEFAULT_TOLERANCE = 1.0
+# AutoAttack's check_square_sr: Square may be below the lowest gradient
+# attack's accuracy by at most this many points (its alpha 0.002).
+SQUARE_TOLERANCE = 0.2
 # Largest PGD-20 accuracy at eps = 1 (percent) that is not flagged.
 EPS_ONE_MAX_ACCURACY = 1.0
 
@@ -130,7 +232,7 @@ def _batch_correct(variables: Any, source_variables: Any, x: jax.Array,
     apply_fn: the target model's ``apply``.
     source_apply_fn: the source model's ``apply`` (black-box) or ``None``
       (white-box: the attack sees the target model).
-    attack: a name of :data:`STRONG_ATTACKS`.
+    attack: a name of :data:`ATTACKS`.
 
   Returns:
     ``bool[B]``.
@@ -144,16 +246,16 @@ def _batch_correct(variables: Any, source_variables: Any, x: jax.Array,
     x_adv = x
   else:
     key = jax.random.fold_in(jax.random.fold_in(key, batch_index),
-                             _ATTACK_IDS[attack])
-    x_adv, _ = _ATTACK_FNS[attack](crafting, x, y, key, eps=eps)
+                             ATTACKS[attack].stream_id)
+    x_adv, _ = ATTACKS[attack].fn(crafting, x, y, key, eps=eps)
   return jnp.argmax(target(x_adv), axis=-1) == y
 
 
 def _check_attacks(attacks: Sequence[str]) -> Tuple[str, ...]:
   attacks = tuple(attacks)
-  unknown = [a for a in attacks if a not in _ATTACK_IDS]
+  unknown = [a for a in attacks if a not in ATTACKS]
   if unknown:
-    raise ValueError(f'unknown attacks {unknown}; valid: {STRONG_ATTACKS}')
+    raise ValueError(f'unknown attacks {unknown}; valid: {tuple(ATTACKS)}')
   if len(set(attacks)) != len(attacks):
     raise ValueError(f'attacks has duplicates: {attacks}')
   if not attacks:
@@ -219,16 +321,15 @@ def evaluate(apply_fn: ApplyFn,
              cascade: bool = False,
              progress: Optional[Callable[[str], None]] = None
              ) -> Dict[str, Any]:
-  """White-box (and optionally black-box) accuracy under the paper's attacks.
+  """White-box (and optionally black-box) accuracy under the given attacks.
 
   The model is ``lambda x: apply_fn(variables, x, train=False)`` (inference
   mode). Examples are processed in batches of ``batch_size``; the last batch is
   padded to the full size and the padding dropped, so one compiled function
   per attack serves every batch. Batch ``b``'s attack ``a`` uses the key
-  ``fold_in(fold_in(key, b), i)``, ``i`` the index of ``a`` in
-  :data:`PAPER_ATTACKS`: results are deterministic, do not depend on which
-  other attacks run, and the black-box attacks draw the same random starts as
-  the white-box ones (so a black-box evaluation with the target as its own
+  ``fold_in(fold_in(key, b), ATTACKS[a].stream_id)``: results are
+  deterministic, do not depend on which other attacks run, and the black-box
+  attacks draw the same random starts as the white-box ones (so a black-box evaluation with the target as its own
   source reproduces the white-box numbers).
 
   With a ``mesh`` every batch is split over its ``'data'`` axis and the
@@ -246,12 +347,13 @@ def evaluate(apply_fn: ApplyFn,
     key: PRNG key of the random starts.
     batch_size: examples per batch.
     mesh: device mesh (:func:`dynamic_at.parallel.make_mesh`) or ``None``.
-    attacks: names from :data:`STRONG_ATTACKS`.
+    attacks: names from :data:`ATTACKS` (e.g. a set of :data:`ATTACK_SETS`).
     source: ``(source_apply_fn, source_variables)``: also measure black-box
       accuracy, i.e. the target's accuracy on examples crafted on the source
-      model with each of the paper's attacks except ``'clean'`` (APGD is
-      white-box only).
-    cascade: run each of :data:`CASCADE_ATTACKS` (APGD) only on the examples
+      model with each of the ``attacks`` that is ``transferable`` (the
+      paper's; APGD, FAB-T and Square are white-box only here).
+    cascade: run each ``cascadable`` attack (APGD-CE, APGD-T, FAB-T, Square:
+      :data:`CASCADE_ATTACKS`) only on the examples
       that every attack listed before it in ``attacks`` left correctly
       classified, as AutoAttack does; the others count as broken for it. Its
       accuracy is then the robust accuracy of it and all attacks before it
@@ -301,12 +403,11 @@ def evaluate(apply_fn: ApplyFn,
     if mesh is not None:
       source_variables = parallel.replicate(source_variables, mesh)
     # Table 2's transfer attacks; APGD is a white-box evaluation here.
-    black_attacks = tuple(a for a in attacks
-                          if a != 'clean' and a in PAPER_ATTACKS)
+    black_attacks = tuple(a for a in attacks if ATTACKS[a].transferable)
   apply_fn = _static_fn(apply_fn)
   eps = np.float32(eps)  # numpy scalars: fine as jit inputs on every host
 
-  cascaded = tuple(a for a in attacks if cascade and a in CASCADE_ATTACKS)
+  cascaded = tuple(a for a in attacks if cascade and ATTACKS[a].cascadable)
   direct = tuple(a for a in attacks if a not in cascaded)
   white = {a: [] for a in direct}
   black = {a: [] for a in black_attacks}
@@ -364,8 +465,107 @@ def evaluate(apply_fn: ApplyFn,
       'black_box': (None if per_black is None else
                     {a: _accuracy(c) for a, c in per_black.items()}),
       'num_eval_examples': n,
+      'cascaded': list(cascaded),
       'per_example': {'white_box': per_white, 'black_box': per_black},
   }
+
+
+def cumulative_log(results: Mapping[str, Any]) -> List[str]:
+  """AutoAttack's log of an evaluation: one line per attack, in the order
+  they ran, with the robust accuracy of it and every attack before it
+  (cumulative: the share of examples no attack so far has broken), then the
+  per-example worst case.
+
+  Args:
+    results: :func:`evaluate`'s result (its ``per_example`` entry is used
+      when present, else the accuracies, which are cumulative for cascaded
+      attacks only).
+
+  Returns:
+    Lines such as ``'robust accuracy after APGD-T: 88.40% (cumulative)'``.
+  """
+  white = results.get('white_box') or {}
+  per = (results.get('per_example') or {}).get('white_box')
+  lines = []
+  alive = None
+  for a in white:
+    if a == WORST_CASE:
+      continue
+    name = DISPLAY_NAMES.get(a, a)
+    if per is not None:
+      alive = per[a] if alive is None else alive & per[a]
+      acc = _accuracy(alive)
+    else:
+      acc = white[a]
+    label = 'clean accuracy' if a == 'clean' else f'robust accuracy after {name}'
+    lines.append(f'{label}: {acc:.2f}% (cumulative)' if a != 'clean' else
+                 f'{label}: {acc:.2f}%')
+  if WORST_CASE in white:
+    lines.append(f'worst case over all attacks: {white[WORST_CASE]:.2f}%')
+  return lines
+
+
+def model_checks(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
+                 labels: np.ndarray, attacks: Sequence[str], *,
+                 num_passes: int = 5, alpha: float = 1e-4) -> List[str]:
+  """AutoAttack's checks of the model itself (``autoattack/checks.py``),
+  as warnings: each of them makes an AutoAttack number untrustworthy.
+
+  * A randomised forward pass: ``num_passes`` inference passes over
+    ``images`` whose L2-normalised outputs differ by more than ``alpha``, or
+    whose numbers of correct predictions differ (``check_randomized``).
+  * Outputs that look like probabilities (all in ``[0, 1]`` up to 1e-5 and
+    summing to 1): the attacks' losses need logits (``check_range_output``).
+  * Fewer classes than the targeted attacks need: the DLR losses need more
+    than 3 classes, and 9 targets need 10 (``check_n_classes``; our APGD-T
+    and FAB-T then use ``classes - 1`` targets).
+
+  Args:
+    apply_fn, variables: the model, as for :func:`evaluate`.
+    images, labels: a batch to run the checks on (AutoAttack uses the first
+      batch of the evaluation).
+    attacks: the attacks that will run (the class check concerns APGD-T and
+      FAB-T only).
+    num_passes: forward passes of the randomness check.
+    alpha: tolerance of the randomness and probability checks.
+
+  Returns:
+    A list of warnings, empty when the model passes.
+  """
+  x = jnp.asarray(images, jnp.float32)
+  y = np.asarray(labels)
+  outs = [np.asarray(apply_fn(variables, x, train=False), np.float64)
+          for _ in range(num_passes)]
+  out = []
+  normed = [o / (np.linalg.norm(o, axis=-1, keepdims=True) + 1e-10)
+            for o in outs]
+  max_diff = max((float(np.max(np.linalg.norm(normed[i] - normed[j], axis=-1)))
+                  for i in range(num_passes) for j in range(i + 1, num_passes)),
+                 default=0.0)
+  correct = {int(np.sum(np.argmax(o, -1) == y)) for o in outs}
+  if len(correct) > 1 or max_diff > alpha:
+    out.append(
+        'AUTOATTACK CHECK: the forward pass is not deterministic (outputs of '
+        f'{num_passes} passes differ by up to {max_diff:.3g}): a randomised '
+        'defence needs AutoAttack\'s "rand" version (EOT), not this one.')
+  o = outs[0]
+  if (o.max() < 1 + 1e-5 and o.min() > -1e-5 and
+      np.all(np.abs(o.sum(-1) - 1) < 1e-5)):
+    out.append(
+        'AUTOATTACK CHECK: the model\'s outputs look like probabilities (in '
+        '[0, 1], summing to 1): the attacks need logits, give the model '
+        'without its softmax.')
+  num_classes = o.shape[-1]
+  targeted = [DISPLAY_NAMES[a] for a in attacks if a in ('apgd_t', 'fab_t')]
+  if targeted and num_classes <= 3:
+    out.append(f'AUTOATTACK CHECK: with only {num_classes} classes the '
+               f'targeted DLR loss and targets of {", ".join(targeted)} are '
+               'not possible.')
+  elif targeted and num_classes < 10:
+    out.append(f'AUTOATTACK CHECK: {num_classes} classes: '
+               f'{", ".join(targeted)} use {num_classes - 1} target classes '
+               'instead of AutoAttack\'s 9.')
+  return out
 
 
 def accuracy_at_eps_one(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
@@ -405,6 +605,10 @@ def sanity_warnings(results: Mapping[str, Any], *,
   * any attack's accuracy above the clean accuracy.
   * any black-box accuracy below the white-box accuracy of the same attack: a
     transfer attack sees less than a white-box one.
+  * Square's accuracy more than 0.2 points below the lowest accuracy of any
+    other attack (AutoAttack's ``check_square_sr``; in a cascade these are
+    the cumulative accuracies, as AutoAttack compares them): an attack with
+    no gradients found what the gradient attacks missed.
   * ``eps_one_accuracy`` (:func:`accuracy_at_eps_one`) above 1%: at
     ``eps = 1`` any image is reachable, so ~0 is expected; more signals
     gradient masking.
@@ -449,6 +653,17 @@ def sanity_warnings(results: Mapping[str, Any], *,
           f'white-box {name(attack)} accuracy {white[attack]:.2f}% (by more '
           f'than {tolerance} points): a transfer attack should not beat the '
           'white-box one; suspect gradient masking.')
+  others = [acc for a, acc in white.items()
+            if a not in ('clean', 'square', WORST_CASE)]
+  if 'square' in white and others and (
+      white['square'] < min(others) - SQUARE_TOLERANCE):
+    out.append(
+        f'SANITY WARNING: the Square attack (no gradients) reached '
+        f'{white["square"]:.2f}%, below every gradient attack (lowest '
+        f'{min(others):.2f}%, by more than {SQUARE_TOLERANCE} points): the '
+        'gradients mislead the attacks (AutoAttack\'s check_square_sr); '
+        'suspect gradient masking and try Square with more queries or an '
+        'adaptive attack.')
   if eps_one_accuracy is not None and eps_one_accuracy > EPS_ONE_MAX_ACCURACY:
     out.append(
         f'SANITY WARNING: PGD-20 accuracy at eps=1 is {eps_one_accuracy:.2f}% '
@@ -456,3 +671,63 @@ def sanity_warnings(results: Mapping[str, Any], *,
         ' so it should be ~0; suspect gradient masking (unless the model '
         'ignores its input).')
   return out
+
+
+def _eps_text(eps: float) -> str:
+  """``8/255`` for multiples of 1/255 (RobustBench's notation), else ``0.3``."""
+  k = eps * 255
+  if abs(k - round(k)) < 1e-6 and round(k) > 0:
+    return f'{round(k)}/255'
+  return f'{eps:g}'
+
+
+def model_info(results: Mapping[str, Any], *, dataset: str, eps: float,
+               architecture: str, name: str,
+               extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+  """A RobustBench-style ``model_info.json`` of an evaluated model.
+
+  RobustBench's fields (``dataset``, ``threat_model``, ``eps`` as text,
+  ``architecture``, ``clean_acc`` and ``autoattack_acc`` as percentages with
+  two decimals, as text; ``number_forward_passes`` 1; ``additional_data``
+  false), plus ours: ``num_test_points`` and ``attacks`` (those whose
+  per-example worst case ``autoattack_acc`` is). ``autoattack_acc`` is set
+  only when all four attacks of AutoAttack's standard version ran
+  (:data:`AUTOATTACK`), else ``None`` with ``robust_acc`` the worst case of
+  the attacks that did run, so a partial evaluation is never mistaken for
+  AutoAttack's.
+
+  Args:
+    results: :func:`evaluate`'s result (or the ``results.json`` written from
+      it: ``white_box``, ``num_eval_examples``).
+    dataset: e.g. ``'mnist'``, ``'cifar10'``.
+    eps: the L-inf radius of the evaluation.
+    architecture: the model's name and arguments, e.g. ``'mnist_cnn'``.
+    name: the model's name.
+    extra: more fields (e.g. the evaluation's commit and command).
+
+  Returns:
+    A JSON-ready dict.
+  """
+  white = dict(results.get('white_box') or {})
+  attacked = [a for a in white if a not in ('clean', WORST_CASE)]
+  robust = white.get(WORST_CASE, white[attacked[0]] if len(attacked) == 1
+                     else None)
+  is_aa = all(a in white for a in AUTOATTACK)
+  fmt = lambda v: None if v is None else f'{float(v):.2f}'
+  info = {
+      'name': name,
+      'dataset': dataset,
+      'threat_model': 'Linf',
+      'eps': _eps_text(float(eps)),
+      'architecture': architecture,
+      'additional_data': False,
+      'number_forward_passes': 1,
+      'clean_acc': fmt(white.get('clean')),
+      'autoattack_acc': fmt(robust) if is_aa else None,
+      'robust_acc': fmt(robust),
+      'attacks': attacked,
+      'cascaded': list(results.get('cascaded') or []),
+      'num_test_points': results.get('num_eval_examples'),
+  }
+  info.update(extra or {})
+  return info
