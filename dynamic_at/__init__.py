@@ -21,18 +21,23 @@ from dynamic_at._attacks import pgd10
 from dynamic_at._attacks import pgd20
 from dynamic_at._attacks import PGDInfo
 from dynamic_at._attacks import random_start_point
+from dynamic_at._fab import fab_targeted
+from dynamic_at._fab import FABInfo
 from dynamic_at._fosc import fosc
 from dynamic_at._fosc import fosc_threshold
 from dynamic_at._losses import cw_margin
 from dynamic_at._losses import get_loss
 from dynamic_at._losses import xent
+from dynamic_at._square import square_attack
+from dynamic_at._square import SquareInfo
 
 __version__ = '0.1.0'
 
 __all__ = (
     'apgd', 'apgd_checkpoints', 'apgd_targeted', 'APGDInfo', 'dlr_loss',
     'dlr_targeted_loss', 'worst_case',
-    'cw_inf', 'cw_margin', 'fgsm', 'fosc', 'fosc_threshold', 'get_loss',
-    'input_grad', 'LogitsFn', 'pgd', 'pgd10', 'pgd20', 'PGDInfo',
-    'random_start_point', 'xent',
+    'cw_inf', 'cw_margin', 'fab_targeted', 'FABInfo', 'fgsm', 'fosc',
+    'fosc_threshold', 'get_loss', 'input_grad', 'LogitsFn', 'pgd', 'pgd10',
+    'pgd20', 'PGDInfo', 'random_start_point', 'square_attack', 'SquareInfo',
+    'xent',
 )

@@ -486,9 +486,13 @@ def cumulative_log(results: Mapping[str, Any]) -> List[str]:
   """
   white = results.get('white_box') or {}
   per = (results.get('per_example') or {}).get('white_box')
+  order = list(white)
+  if per is None:  # e.g. read from a results.json: the registry's order
+    order.sort(key=lambda a: list(ATTACKS).index(a) if a in ATTACKS
+               else len(ATTACKS))
   lines = []
   alive = None
-  for a in white:
+  for a in order:
     if a == WORST_CASE:
       continue
     name = DISPLAY_NAMES.get(a, a)

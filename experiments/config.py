@@ -32,8 +32,7 @@ from dynamic_at import train
 
 DATASETS = ('mnist', 'cifar10')
 AUGMENTATIONS = ('none', 'crop_flip', 'keras')
-ATTACK_SETS = {'paper': evaluation.PAPER_ATTACKS,
-               'strong': evaluation.STRONG_ATTACKS}
+ATTACK_SETS = evaluation.ATTACK_SETS
 # Image shape of each dataset (height, width, channels).
 IMAGE_SHAPES = {'mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
 # Models each dataset accepts.
@@ -262,15 +261,18 @@ class Config:
   attacks: str = setting(
       'paper', 'Attack set of the final evaluation: paper = clean, FGSM, '
       'PGD-10, PGD-20, CW-inf; strong = those plus APGD-CE and APGD-T '
-      '(AutoAttack, 100 steps, 9 targets) and the per-example worst case '
-      'over all of them.', choices=tuple(ATTACK_SETS),
+      '(AutoAttack, 100 steps, 9 targets); autoattack = AutoAttack\'s '
+      'standard version: APGD-CE, APGD-T, FAB-T (9 targets x 100 steps) and '
+      'Square (5,000 queries), always as a cascade on the examples still '
+      'robust. Each reports the per-example worst case over its attacks.',
+      choices=tuple(ATTACK_SETS),
       may_differ_on_resume=True)
   attack_cascade: bool = setting(
       False, 'With --attacks=strong, run APGD-CE and APGD-T only on the test '
       'examples that every attack before them left correctly classified '
       '(as AutoAttack does): the worst case measures the same, their columns '
       'become cumulative, and they cost in proportion to the examples still '
-      'robust.',
+      'robust. --attacks=autoattack always cascades.',
       may_differ_on_resume=True)
   log_every_steps: int = setting(
       50, 'Fetch metrics from the devices (and check for NaN) every this many '

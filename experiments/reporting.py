@@ -81,7 +81,7 @@ def make_figures(config: Config) -> List[str]:
 
 def _columns(white: Mapping[str, float],
              black: Mapping[str, float]) -> List[str]:
-  order = list(evaluation.STRONG_ATTACKS) + [evaluation.WORST_CASE]
+  order = list(evaluation.ATTACKS) + [evaluation.WORST_CASE]
   names = list(white) + [a for a in black if a not in white]
   return sorted(names, key=lambda a: (order.index(a) if a in order
                                       else len(order), a))
@@ -119,11 +119,14 @@ def results_markdown(results: Mapping[str, Any], *, title: str) -> str:
     lines.append(row('black-box', black))
   lines += ['', f'Evaluated on {results.get("num_eval_examples", "?")} '
             'examples.']
-  if ((results.get('flags') or {}).get('attack_cascade') and
-      any(a in white for a in evaluation.CASCADE_ATTACKS)):
-    lines.append('APGD-CE and APGD-T ran as a cascade (--attack_cascade): '
-                 'each on the examples every attack before it left correct, '
-                 'so their columns are cumulative.')
+  cascaded = results.get('cascaded')
+  if cascaded is None and (results.get('flags') or {}).get('attack_cascade'):
+    cascaded = [a for a in white if a in evaluation.CASCADE_ATTACKS]
+  if cascaded:
+    names = ', '.join(evaluation.DISPLAY_NAMES.get(a, a) for a in cascaded)
+    lines.append(f'{names} ran as a cascade: each on the examples every '
+                 'attack before it left correct, so their columns are '
+                 'cumulative.')
   if results.get('wall_time_s') is not None:
     lines.append('Training time (as the run recorded it): '
                  f'{float(results["wall_time_s"]):.1f} s.')
@@ -257,6 +260,56 @@ def restore_model(workdir: str, image_shape: Tuple[int, ...], mesh, *,
   return config, state, meta
 
 
+MODEL_INFO_FILE = 'model_info.json'
+
+
+def _commit() -> Optional[str]:
+  """The repository's commit (``+dirty`` with uncommitted changes), or
+  ``None`` outside a git checkout."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(['git', '-C', repo, 'rev-parse', 'HEAD'],
+                          capture_output=True, text=True, check=True,
+                          timeout=30).stdout.strip()
+    dirty = subprocess.run(['git', '-C', repo, 'status', '--porcelain',
+                            '--untracked-files=no'], capture_output=True,
+                           text=True, check=True, timeout=30).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return head + ('+dirty' if dirty else '')
+
+
+def _command(argv) -> str:
+  """The command line of this process as a user would type it:
+  ``python -m experiments.evaluate --workdir=...`` for an entry point."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  prog = argv[0]
+  rel = os.path.relpath(os.path.abspath(prog), repo)
+  if rel.endswith('.py') and not rel.startswith('..'):
+    prog = '-m ' + rel[:-3].replace(os.sep, '.')
+  return ' '.join(['python', prog] + list(argv[1:]))
+
+
+def write_model_info(config: Config, out: Mapping[str, Any]) -> str:
+  """Writes the RobustBench-style ``model_info.json`` of an evaluation
+  (:func:`dynamic_at.evaluation.model_info`) beside its ``results.json``,
+  with the evaluation's commit and command."""
+  import sys  # pylint: disable=g-import-not-at-top
+  architecture = config.model
+  if config.model == 'wrn':
+    architecture = f'WideResNet-{config.wrn_depth}-{config.wrn_width}'
+  info = evaluation.model_info(
+      out, dataset=config.dataset, eps=config.eps, architecture=architecture,
+      name=os.path.basename(os.path.normpath(config.workdir)),
+      extra={'method': config.method, 'attack_set': config.attacks,
+             'evaluation_commit': _commit(),
+             'evaluation_command': _command(sys.argv)})
+  path = os.path.join(config.workdir, MODEL_INFO_FILE)
+  return files.atomic_write(
+      path, lambda f: json.dump(info, f, indent=2, sort_keys=False))
+
+
 def evaluate_and_report(config: Config, state: train.TrainState,
                         test_ds: data.Dataset, mesh, *,
                         meta: Mapping[str, Any],
@@ -285,12 +338,21 @@ def evaluate_and_report(config: Config, state: train.TrainState,
   print_main(f'Evaluating on {test_ds.num_examples:,} test examples '
              f'(eps={config.eps:.6g}, attacks={config.attacks}'
              f'{", black-box source " + source[0] if source else ""}) ...')
+  attacks = ATTACK_SETS[config.attacks]
+  checks = evaluation.model_checks(
+      state.apply_fn, model_variables(state), test_ds.images[:batch_size],
+      test_ds.labels[:batch_size], attacks)
+  for w in checks:
+    print_loud(w)
   results = evaluation.evaluate(
       state.apply_fn, model_variables(state), test_ds.images, test_ds.labels,
       eps=config.eps, key=key, batch_size=batch_size, mesh=mesh,
-      attacks=ATTACK_SETS[config.attacks], source=src,
-      cascade=config.attack_cascade,
+      attacks=attacks, source=src,
+      cascade=config.attack_cascade or config.attacks == 'autoattack',
       progress=progress_printer(start, PROGRESS_EVERY_S))
+  if results['cascaded']:
+    for line in evaluation.cumulative_log(results):
+      print_main(f'  {line}')
   n1 = min(EPS_ONE_EXAMPLES, test_ds.num_examples)
   eps_one = evaluation.accuracy_at_eps_one(
       state.apply_fn, model_variables(state), test_ds.images[:n1],
@@ -298,6 +360,7 @@ def evaluate_and_report(config: Config, state: train.TrainState,
   warnings = evaluation.sanity_warnings(results, eps_one_accuracy=eps_one)
   for w in warnings:
     print_loud(w)
+  warnings = checks + warnings
   out = {
       'dataset': config.dataset,
       'method': config.method,
@@ -305,6 +368,7 @@ def evaluate_and_report(config: Config, state: train.TrainState,
       'black_box': results['black_box'],
       'black_box_source': source[0] if source else None,
       'num_eval_examples': results['num_eval_examples'],
+      'cascaded': results['cascaded'],
       'eps_one_pgd20_accuracy': eps_one,
       'sanity_warnings': warnings,
       'flags': config.to_dict(),
@@ -322,6 +386,7 @@ def evaluate_and_report(config: Config, state: train.TrainState,
       print(f'Kept the previous {RESULTS_FILE} as {kept}', flush=True)
     json_path, _ = write_results(
         os.path.join(config.workdir, RESULTS_FILE), out)
+    write_model_info(config, out)
     print(results_markdown(
         out, title=f'{config.dataset} / {config.method}'), flush=True)
     print(f'Wrote {json_path}', flush=True)

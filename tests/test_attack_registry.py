@@ -174,8 +174,8 @@ def test_cumulative_log_lines(autoattack_results):
     assert lines[-1] == ('worst case over all attacks: '
                          f'{r["white_box"]["worst_case"]:.2f}%')
   # Without per-example arrays (a results.json): the accuracies as they are.
-  lines = evaluation.cumulative_log({'white_box': {'clean': 90.0,
-                                                   'apgd_ce': 50.0}})
+  lines = evaluation.cumulative_log({'white_box': {'apgd_ce': 50.0,
+                                                   'clean': 90.0}})
   assert lines == ['clean accuracy: 90.00%',
                    'robust accuracy after APGD-CE: 50.00% (cumulative)']
 

@@ -183,6 +183,38 @@ def test_evaluate_strong_attacks_as_a_cascade(mnist_run, tmp_path,
   assert (workdir / 'results.json').read_bytes() == before
 
 
+def test_evaluate_autoattack(mnist_run, tmp_path, subprocess_env):
+  """--attacks=autoattack: APGD-CE, APGD-T, FAB-T and Square as a cascade
+  (without --attack_cascade), AutoAttack's cumulative log printed, the
+  checks run, and a RobustBench-style model_info.json beside results.json."""
+  workdir, _ = mnist_run
+  target = tmp_path / 'target'
+  shutil.copytree(workdir, target)
+  proc = _run('experiments.evaluate', [
+      f'--workdir={target}', '--attacks=autoattack',
+      '--num_eval_examples=16', f'--data_dir={MNIST_DIR}'], subprocess_env)
+  results = json.loads((target / 'results.json').read_text())
+  white = results['white_box']
+  assert set(white) == {'clean', 'apgd_ce', 'apgd_t', 'fab_t', 'square',
+                        'worst_case'}
+  assert results['cascaded'] == ['apgd_ce', 'apgd_t', 'fab_t', 'square']
+  assert white['square'] == white['worst_case']
+  assert (white['square'] <= white['fab_t'] <= white['apgd_t'] <=
+          white['apgd_ce'] <= white['clean'])
+  assert f'robust accuracy after FAB-T: {white["fab_t"]:.2f}% (cumulative)' \
+      in proc.stdout
+  assert 'APGD-CE, APGD-T, FAB-T, Square ran as a cascade' in (
+      target / 'results.md').read_text()
+  info = json.loads((target / 'model_info.json').read_text())
+  assert info['threat_model'] == 'Linf' and info['eps'] == '0.3'
+  assert info['dataset'] == 'mnist' and info['architecture'] == 'mnist_cnn'
+  assert info['clean_acc'] == f'{white["clean"]:.2f}'
+  assert info['autoattack_acc'] == f'{white["worst_case"]:.2f}'
+  assert info['num_test_points'] == 16
+  assert 'experiments.evaluate' in info['evaluation_command']
+  assert info['evaluation_commit']
+
+
 def test_cifar10_end_to_end(tmp_path, subprocess_env):
   _require(CIFAR_DIR)
   workdir = tmp_path / 'run'
