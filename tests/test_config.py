@@ -104,7 +104,8 @@ def test_field_checks_keep_their_messages():
           -1, '--num_train_examples=-1 must be >= 0 (0 = all).'),
       'method': ('bogus', "--method=bogus: expected one of ('unsecured', "
                  "'standard', 'curriculum', 'dynamic')."),
-      'attacks': ('x', "--attacks=x: expected one of ('paper', 'strong')."),
+      'attacks': ('x', "--attacks=x: expected one of ('paper', 'strong', "
+                  "'autoattack')."),
       # model: checked against the dataset's models, not all models.
       'model': ('wrn', "--model=wrn does not fit mnist; use one of "
                 "('mnist_cnn',)."),
