@@ -232,3 +232,24 @@ def test_old_runs_resume_under_their_grid(run, monkeypatch):
              if s.variant.name == variant and s.seed == int(seed)]
   config = sweep.check_run(grid, spec)
   assert config_lib.flag_differences(saved, config) == []
+
+
+_COMMITTED_FLAGS = sorted(str(p.relative_to(REPO))
+                          for p in (REPO / 'results').rglob('flags.json'))
+
+
+def test_results_hold_flags_json_files():
+  assert len(_COMMITTED_FLAGS) >= 30, _COMMITTED_FLAGS
+
+
+@pytest.mark.parametrize('path', _COMMITTED_FLAGS)
+def test_committed_flags_json_loads_to_its_settings(path):
+  """Every flags.json under results/ loads and validates, and gives back each
+  setting it holds unchanged (settings added since read their defaults)."""
+  with open(REPO / path) as f:
+    saved = json.load(f)
+  config = config_lib.Config.from_dict(saved)
+  config_lib.validate_config(config)
+  as_dict = config.to_dict()
+  assert {k: as_dict[k] for k in saved} == saved
+  assert config_lib.flag_differences(saved, config) == []
