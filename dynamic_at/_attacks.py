@@ -8,7 +8,8 @@ inference-mode BatchNorm every example's logits depend on that example alone,
 which is what makes the summed-loss gradient below per-example exact.
 """
 
-from typing import Callable, NamedTuple, Optional, Tuple, Union
+import dataclasses
+from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +33,16 @@ class PGDInfo(NamedTuple):
       dtype.
     num_iters: ``i32[]`` iterations the loop ran: the steps of the slowest
       example, i.e. what the whole batch paid for.
+    evaluated: ``i32[]`` rows the loop's gradient evaluations covered in
+      all (the start's and each iteration's buffer, frozen and padding rows
+      included): the attack's real cost in per-example gradient evaluations.
+      Without compaction ``(num_iters + 1) * batch`` (``final_eval``).
   """
   steps: jax.Array
   fosc: jax.Array
   loss: jax.Array
   num_iters: jax.Array
+  evaluated: Optional[jax.Array] = None
 
 
 class _Carry(NamedTuple):
@@ -48,6 +54,109 @@ class _Carry(NamedTuple):
                        # by the check and the next step alike)
   loss: jax.Array      # f32[B]
   fosc: jax.Array      # f32[B]
+  counter: jax.Array   # i32[B]: the stopping rule's own per-example state
+  key: jax.Array       # per-example keys of the step noise (or a dummy)
+  evaluated: jax.Array  # i32[]: rows evaluated so far
+
+
+class StopSettings(NamedTuple):
+  """The traced settings of a stopping rule (change without recompiling).
+
+  Attributes:
+    c_stop: FOSC threshold ``c_t`` (float32; ``-inf`` never stops).
+    tau: FAT's tau: the steps an example still takes once misclassified.
+  """
+  c_stop: jax.Array
+  tau: jax.Array
+
+
+class PointEval(NamedTuple):
+  """What the loop knows of each example's current point."""
+  loss: jax.Array      # f32[B]: attack loss
+  fosc: jax.Array      # f32[B]: FOSC, centred on the clean example
+  wrong: jax.Array     # bool[B]: misclassified (only if the rule asks)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoppingRule:
+  """A per-example stopping rule of :func:`pgd`'s loop.
+
+  The loop evaluates every active example's point (loss, gradient, FOSC and,
+  if ``needs_prediction``, whether the model misclassifies it), then asks the
+  rule which examples take the next step. ``at_start`` is asked at the start
+  point (before any step), ``after_step`` after each step; each gets the
+  rule's per-example ``counter`` (``i32[B]``, zeros at the start) and returns
+  ``(active, counter)``. ``after_step`` also gets the examples that were
+  active, and must keep frozen examples frozen. All settings are traced
+  (:class:`StopSettings`), so changing them never recompiles.
+
+  Attributes:
+    name: the rule's name in :data:`STOPPING_RULES`.
+    at_start: ``(PointEval, counter, StopSettings) -> (active, counter)``.
+    after_step: ``(PointEval, counter, active, StopSettings) -> (active,
+      counter)``.
+    needs_prediction: the rule reads ``PointEval.wrong``, so the loop
+      computes it (from the logits it already has; no extra evaluation).
+    description: one line for the docs.
+  """
+  name: str
+  at_start: Callable[..., Tuple[jax.Array, jax.Array]]
+  after_step: Callable[..., Tuple[jax.Array, jax.Array]]
+  needs_prediction: bool = False
+  description: str = ''
+
+
+def _all_active(ev: PointEval, counter, settings):
+  del settings
+  return jnp.ones(ev.loss.shape, bool), counter
+
+
+def _never_stop(ev, counter, active, settings):
+  del ev, settings
+  return active, counter
+
+
+def _fosc_after_step(ev, counter, active, settings):
+  return active & (ev.fosc > settings.c_stop), counter
+
+
+def _fat_check(ev, counter, active, settings):
+  """FAT's early stop (Zhang et al., ICML 2020, Algorithm 1, their
+  ``earlystop.py``): before each step, an example the model misclassifies
+  stops if its counter has reached tau, else its counter grows by one and it
+  steps on. (Their code counts a budget down from tau; counting up to the
+  traced tau is the same rule.)"""
+  stop = active & ev.wrong & (counter >= settings.tau)
+  counter = jnp.where(active & ev.wrong & ~stop, counter + 1, counter)
+  return active & ~stop, counter
+
+
+NO_STOP = StoppingRule(
+    'none', _all_active, _never_stop,
+    description='every example takes all K steps (Madry et al.\'s PGD)')
+FOSC_STOP = StoppingRule(
+    'fosc', _all_active, _fosc_after_step,
+    description='an example stops once its FOSC is <= c_t, checked after '
+    'each step (Wang et al., ICML 2019, Algorithm 1)')
+FAT_STOP = StoppingRule(
+    'fat', lambda ev, counter, s: _fat_check(
+        ev, counter, jnp.ones(ev.loss.shape, bool), s),
+    _fat_check, needs_prediction=True,
+    description='an example stops tau steps after it is first misclassified, '
+    'checked before each step (Zhang et al., ICML 2020, FAT)')
+
+STOPPING_RULES: Dict[str, StoppingRule] = {
+    r.name: r for r in (NO_STOP, FOSC_STOP, FAT_STOP)}
+
+
+def get_stopping_rule(rule: Union[str, StoppingRule]) -> StoppingRule:
+  """A :class:`StoppingRule` by name (or itself)."""
+  if isinstance(rule, StoppingRule):
+    return rule
+  if rule not in STOPPING_RULES:
+    raise ValueError(f'stopping rule must be one of {sorted(STOPPING_RULES)}; '
+                     f'got {rule!r}')
+  return STOPPING_RULES[rule]
 
 
 def input_grad(logits_fn: LogitsFn, x: ArrayLike, y: ArrayLike,
@@ -153,7 +262,12 @@ def pgd(logits_fn: LogitsFn,
         fosc_center: Optional[ArrayLike] = None,
         clip_start: bool = True,
         compact: Union[bool, int] = False,
-        final_eval: bool = True
+        final_eval: bool = True,
+        stop: Union[None, str, StoppingRule] = None,
+        tau: ArrayLike = 0,
+        labels: Optional[ArrayLike] = None,
+        step_noise: Optional[ArrayLike] = None,
+        noise_key: Optional[jax.Array] = None
         ) -> Tuple[jax.Array, PGDInfo]:
   """L-inf PGD with FOSC control: Algorithm 1 of Wang et al. (ICML 2019).
 
@@ -222,10 +336,27 @@ def pgd(logits_fn: LogitsFn,
       moving at the end (frozen examples keep their values). The returned
       points are the same either way.
 
+    stop: the per-example stopping rule (a :class:`StoppingRule` or its
+      name in :data:`STOPPING_RULES`): ``'fosc'`` (the default, also for
+      ``None``: stop once FOSC ``<= c_stop``; with ``c_stop=None`` no example
+      stops), ``'none'`` (all ``num_steps`` steps) or ``'fat'`` (FAT: an
+      example stops ``tau`` steps after it is first misclassified, checked
+      before each step, the start included).
+    tau: FAT's ``tau`` (possibly traced).
+    labels: ``[batch]`` integer labels the rule's misclassification check
+      uses; default ``y`` (pass them when ``y`` is a target distribution).
+    step_noise: standard deviation of Gaussian noise added to each step
+      before the projection, as FAT's code does (its ``omega``); ``None``
+      (default) adds none.
+    noise_key: the noise's key: one key (split over the batch) or ``[batch]``
+      per-example keys (a caller that shards the batch passes these, so the
+      noise does not depend on the device count).
+
   Returns:
     ``(x_adv, info)``: ``x_adv`` shaped like ``x0`` (gradient-stopped) and a
     :class:`PGDInfo`.
   """
+  rule = get_stopping_rule('fosc' if stop is None else stop)
   x0 = jnp.asarray(x0)
   y = jnp.asarray(y)
   batch = x0.shape[0]
@@ -233,6 +364,15 @@ def pgd(logits_fn: LogitsFn,
   step_b = jnp.broadcast_to(jnp.asarray(step_size, x0.dtype), (batch,))
   num_steps = jnp.asarray(num_steps, jnp.int32)
   c_stop = jnp.asarray(-jnp.inf if c_stop is None else c_stop, jnp.float32)
+  settings = StopSettings(c_stop=c_stop, tau=jnp.asarray(tau, jnp.int32))
+  labels = y if labels is None else jnp.asarray(labels)
+  if step_noise is not None:
+    if noise_key is None:
+      raise ValueError('pgd: step_noise needs a noise_key')
+    if noise_key.shape != (batch,):
+      noise_key = jax.random.split(noise_key, batch)
+  else:
+    noise_key = jnp.zeros((batch,), jnp.uint32)  # unused
 
   if x_start is not None:
     x = jnp.asarray(x_start, x0.dtype)
@@ -252,12 +392,23 @@ def pgd(logits_fn: LogitsFn,
 
   center = x0 if fosc_center is None else jnp.asarray(fosc_center, x0.dtype)
 
-  def evaluate_on(x_, y_, center_, eps_):
-    loss_, grad_ = input_grad(logits_fn, x_, y_, loss, kappa=kappa)
-    return loss_, grad_, _fosc.fosc(x_, center_, grad_, eps_)
+  loss_fn = _losses.get_loss(loss, kappa)
+
+  def evaluate_on(x_, y_, center_, eps_, labels_):
+    if rule.needs_prediction:
+      def summed(xx):
+        logits = logits_fn(xx)
+        per_example = loss_fn(logits, y_)
+        return jnp.sum(per_example), (per_example,
+                                      jnp.argmax(logits, -1) != labels_)
+      grad_, (loss_, wrong_) = jax.grad(summed, has_aux=True)(x_)
+    else:
+      loss_, grad_ = input_grad(logits_fn, x_, y_, loss, kappa=kappa)
+      wrong_ = jnp.zeros(loss_.shape, bool)
+    return loss_, grad_, _fosc.fosc(x_, center_, grad_, eps_), wrong_
 
   def evaluate(x_):
-    return evaluate_on(x_, y, center, eps_b)
+    return evaluate_on(x_, y, center, eps_b, labels)
 
   sizes = _bucket_sizes(batch, compact)
 
@@ -272,36 +423,68 @@ def pgd(logits_fn: LogitsFn,
         # padded rows gather zeros and their results are dropped.
         idx = jnp.nonzero(active, size=size, fill_value=batch)[0]
         take = lambda a: a.at[idx].get(mode='fill', fill_value=0)
-        sub = evaluate_on(take(x_), take(y), take(center), take(eps_b))
+        sub = evaluate_on(take(x_), take(y), take(center), take(eps_b),
+                          take(labels))
         return tuple(
             jnp.zeros((batch,) + v.shape[1:], v.dtype).at[idx].set(
                 v, mode='drop') for v in sub)
       return run
 
-    n_active = jnp.sum(active.astype(jnp.int32))
-    branch = sum((n_active <= s_).astype(jnp.int32) for s_ in sizes[1:])
-    return jax.lax.switch(branch, [lambda: evaluate(x_)] +
+    return jax.lax.switch(bucket_of(active), [lambda: evaluate(x_)] +
                           [on_bucket(s_) for s_ in sizes[1:]])
 
-  loss0, grad0, fosc0 = evaluate(x)
-  init = _Carry(k=jnp.zeros((), jnp.int32), x=x,
-                active=jnp.ones((batch,), bool),
+  def bucket_of(active):
+    """Index into ``sizes`` of the smallest buffer holding the active rows."""
+    n_active = jnp.sum(active.astype(jnp.int32))
+    return sum((n_active <= s_).astype(jnp.int32) for s_ in sizes[1:])
+
+  def rows_of(active):
+    if len(sizes) == 1:
+      return jnp.int32(batch)
+    return jnp.asarray(sizes, jnp.int32)[bucket_of(active)]
+
+  loss0, grad0, fosc0, wrong0 = evaluate(x)
+  active0, counter0 = rule.at_start(PointEval(loss0, fosc0, wrong0),
+                                    jnp.zeros((batch,), jnp.int32), settings)
+  init = _Carry(k=jnp.zeros((), jnp.int32), x=x, active=active0,
                 steps=jnp.zeros((batch,), jnp.int32), grad=grad0, loss=loss0,
-                fosc=fosc0)
+                fosc=fosc0, counter=counter0, key=noise_key,
+                evaluated=jnp.int32(batch))
+
+  def noise_of(keys, k):
+    one = lambda key_: jax.random.normal(jax.random.fold_in(key_, k),
+                                         x0.shape[1:], x0.dtype)
+    return jnp.asarray(step_noise, x0.dtype) * jax.vmap(one)(keys)
 
   def cond(c: _Carry):
     return jnp.logical_and(c.k < num_steps, jnp.any(c.active))
 
   def body(c: _Carry) -> _Carry:
-    x_new = step(c.x, x0, c.grad, _expand(eps_b, x0), _expand(step_b, x0),
-                 c.active, clip_min, clip_max)
-    if final_eval:
-      loss_new, grad_new, fosc_new = evaluate_active(x_new, c.active)
+    direction = c.grad
+    if step_noise is not None:
+      # x + alpha * sign(g) + omega * N(0, 1), then the projection (FAT).
+      direction = (jnp.sign(c.grad) * _expand(step_b, x0) +
+                   noise_of(c.key, c.k))
+      x_new = jax.vmap(_project_one, in_axes=(0, 0, 0, None, None))(
+          c.x + direction, x0, _expand(eps_b, x0), clip_min, clip_max)
+      x_new = jnp.where(_expand(c.active, x0), x_new, c.x)
     else:
-      loss_new, grad_new, fosc_new = jax.lax.cond(
+      x_new = step(c.x, x0, direction, _expand(eps_b, x0),
+                   _expand(step_b, x0), c.active, clip_min, clip_max)
+    rows = rows_of(c.active)
+    if final_eval:
+      loss_new, grad_new, fosc_new, wrong_new = evaluate_active(x_new,
+                                                                c.active)
+    else:
+      rows = jnp.where(c.k + 1 < num_steps, rows, 0)
+      loss_new, grad_new, fosc_new, wrong_new = jax.lax.cond(
           c.k + 1 < num_steps, lambda: evaluate_active(x_new, c.active),
           lambda: (jnp.full_like(c.loss, jnp.nan), c.grad,
-                   jnp.full_like(c.fosc, jnp.nan)))
+                   jnp.full_like(c.fosc, jnp.nan),
+                   jnp.zeros(c.active.shape, bool)))
+    active_new, counter_new = rule.after_step(
+        PointEval(loss_new, fosc_new, wrong_new), c.counter, c.active,
+        settings)
     # A frozen example keeps the loss and FOSC it had when it was frozen (its
     # point and the model are unchanged, so they are also its current
     # values). Its gradient is never used again (it takes no more steps), so
@@ -309,15 +492,18 @@ def pgd(logits_fn: LogitsFn,
     return _Carry(
         k=c.k + 1,
         x=x_new,
-        active=c.active & (fosc_new > c_stop),
+        active=active_new,
         steps=c.steps + c.active.astype(jnp.int32),
         grad=grad_new,
         loss=jnp.where(c.active, loss_new, c.loss),
-        fosc=jnp.where(c.active, fosc_new, c.fosc))
+        fosc=jnp.where(c.active, fosc_new, c.fosc),
+        counter=counter_new,
+        key=c.key,
+        evaluated=c.evaluated + rows)
 
   final = jax.lax.while_loop(cond, body, init)
   info = PGDInfo(steps=final.steps, fosc=final.fosc, loss=final.loss,
-                 num_iters=final.k)
+                 num_iters=final.k, evaluated=final.evaluated)
   return jax.lax.stop_gradient(final.x), jax.tree.map(jax.lax.stop_gradient,
                                                       info)
 

@@ -25,6 +25,7 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from dynamic_at import files
+from dynamic_at import methods
 
 __all__ = ('cost_robustness', 'curves_by_method', 'fosc_histograms',
            'fosc_histograms_by_method', 'select_stages', 'thresholds_and_fosc',
@@ -33,7 +34,6 @@ __all__ = ('cost_robustness', 'curves_by_method', 'fosc_histograms',
 PathLike = 'os.PathLike[str] | str'
 
 MAX_STAGES = 5
-_METHOD_ORDER = ('unsecured', 'standard', 'curriculum', 'dynamic')
 
 
 def _xy(points: Any) -> np.ndarray:
@@ -200,9 +200,10 @@ def fosc_histograms(fosc_by_epoch: Mapping[int, Any], path: PathLike, *,
 
 
 def _method_key(name: str) -> Tuple[int, str]:
+  """Orders methods as the registry lists them (others after, by name)."""
+  order = tuple(methods.METHODS)
   low = name.lower()
-  return (_METHOD_ORDER.index(low) if low in _METHOD_ORDER
-          else len(_METHOD_ORDER), name)
+  return (order.index(low) if low in order else len(order), name)
 
 
 def fosc_histograms_by_method(fosc_by_method: Mapping[str, Mapping[int, Any]],

@@ -1,30 +1,27 @@
 """Train state, optimiser and one pure training step for every method.
 
-Methods (Wang et al., ICML 2019, Section 5):
+The methods are values (:class:`dynamic_at.methods.Method`, found by name in
+:data:`dynamic_at.methods.METHODS`): the per-epoch attack settings, the
+attack's start, loss and stopping rule, the training loss and any
+between-epoch update. One :func:`make_train_step` serves them all.
 
-* ``unsecured``: clean training; the attack is never called.
-* ``standard``: Madry et al.'s PGD-K with random start, all K steps.
-* ``curriculum``: Cai et al. (2018): PGD-k where k grows by one whenever the
-  training accuracy on adversarial examples passes a threshold
-  (:func:`curriculum_num_steps`, decided per epoch outside the compiled step).
-* ``dynamic``: PGD-K with FOSC control at ``c_t = fosc_threshold(t, c_max, T')``.
+Each schedule is one function, used both by training and by whoever reports
+it: Dynamic's ``c_t`` (:func:`dynamic_at.fosc_threshold`), Curriculum's k
+(:func:`curriculum_num_steps`), FAT's tau (:func:`dynamic_at.methods.fat_tau`),
+all via :func:`attack_params_for_epoch`; the eps warm-up (:func:`warmup_eps`)
+and the learning rate (:func:`learning_rate_schedule`, the schedule
+:func:`make_optimizer` uses).
 
-Each schedule is one function here, used both by training and by whoever
-reports it: Dynamic's ``c_t`` (:func:`dynamic_at.fosc_threshold`, via
-:func:`attack_params_for_epoch`), Curriculum's k (:func:`curriculum_num_steps`),
-the eps warm-up (:func:`warmup_eps`) and the learning rate
-(:func:`learning_rate_schedule`, the schedule :func:`make_optimizer` uses).
-
-Standard, curriculum and dynamic share one compiled step: they differ only in
-the traced :class:`AttackParams` (``num_steps``, ``c_stop``), so changing K or
-``c_t`` between epochs never recompiles.
+Methods that share a stopping rule share one compiled step shape: they differ
+only in the traced :class:`AttackParams` (``num_steps``, ``c_stop``, ``tau``),
+so changing K, ``c_t`` or tau between epochs never recompiles.
 
 The attack runs the model in inference mode (BatchNorm running statistics, no
 state update); BatchNorm statistics are updated only by the training forward
-pass on the adversarial batch.
+passes.
 """
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -34,11 +31,34 @@ from flax.training import train_state
 from jax.sharding import Mesh, PartitionSpec as P
 
 from dynamic_at import _attacks
-from dynamic_at import _fosc
 from dynamic_at import _losses
+from dynamic_at import methods as methods_lib
 from dynamic_at import parallel
+from dynamic_at.methods import AttackParams
+from dynamic_at.methods import curriculum_num_steps
+from dynamic_at.methods import get_method
+from dynamic_at.methods import Method
 
-METHODS = ('unsecured', 'standard', 'curriculum', 'dynamic')
+# The registered methods' names when this module was imported (the registry,
+# dynamic_at.methods.METHODS, is the authority).
+METHODS = tuple(methods_lib.METHODS)
+
+# Kinds of the step's metrics: how the training loop reduces each over an
+# epoch's batches. 'mean': the mean over batches; 'max': the maximum;
+# 'per_example': saved per example (the epoch's array). The step's other
+# metrics ('iters', 'steps') are not reduced.
+METRIC_KINDS: Dict[str, str] = {
+    'loss': 'mean',
+    'accuracy': 'mean',
+    'steps_mean': 'mean',
+    'steps_max': 'max',
+    'iters_max': 'max',
+    'grad_evals': 'mean',
+    'attack_rows': 'mean',
+    'train_passes': 'mean',
+    'clean_forwards': 'mean',
+    'fosc': 'per_example',
+}
 
 
 class TrainState(train_state.TrainState):
@@ -46,59 +66,32 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-class AttackParams(NamedTuple):
-  """The traced attack settings of a training step (change without retrace).
-
-  Attributes:
-    eps: L-inf radius (e.g. during an eps warm-up).
-    step_size: PGD step size.
-    num_steps: maximum PGD steps K.
-    c_stop: FOSC threshold; ``-inf`` never stops an example (Standard).
-  """
-  eps: jax.Array
-  step_size: jax.Array
-  num_steps: jax.Array
-  c_stop: jax.Array
-
-  @classmethod
-  def make(cls, eps: float, step_size: float, num_steps: int,
-           c_stop: Optional[float] = None) -> 'AttackParams':
-    return cls(jnp.float32(eps), jnp.float32(step_size), jnp.int32(num_steps),
-               jnp.float32(-jnp.inf if c_stop is None else c_stop))
-
-
-def attack_params_for_epoch(method: str, epoch: int, *, eps: float,
-                            step_size: float, num_steps: int, c_max: float,
-                            t_prime: float,
-                            curriculum_steps: Optional[int] = None
-                            ) -> AttackParams:
+def attack_params_for_epoch(method, epoch: int, *, eps: float,
+                            step_size: float,
+                            curriculum_steps: Optional[int] = None,
+                            state: Any = None,
+                            **settings: Any) -> AttackParams:
   """The attack settings a method uses in ``epoch`` (host-side, per epoch).
 
   Args:
-    method: one of :data:`METHODS`.
+    method: a :class:`~dynamic_at.methods.Method` or its name.
     epoch: the epoch ``t``, from 0.
     eps: L-inf radius of this epoch.
     step_size: PGD step size.
-    num_steps: K (Standard, Dynamic).
-    c_max: Dynamic's ``c_max``.
-    t_prime: Dynamic's ``T'``.
-    curriculum_steps: Curriculum's current k.
+    curriculum_steps: Curriculum's current k (its host state; ``state`` is
+      the general name).
+    state: the method's host state (:attr:`Method.initial_state`).
+    **settings: the run's settings the method reads: ``num_steps`` (K),
+      ``c_max`` and ``t_prime`` (Dynamic), ``num_epochs`` and
+      ``fat_tau_epochs`` (FAT), ...
 
   Returns:
     :class:`AttackParams`.
   """
-  if method == 'unsecured':
-    return AttackParams.make(eps, step_size, 0)
-  if method == 'standard':
-    return AttackParams.make(eps, step_size, num_steps)
-  if method == 'curriculum':
-    if curriculum_steps is None:
-      raise ValueError('curriculum needs curriculum_steps')
-    return AttackParams.make(eps, step_size, curriculum_steps)
-  if method == 'dynamic':
-    c_t = float(_fosc.fosc_threshold(epoch, c_max, t_prime))
-    return AttackParams.make(eps, step_size, num_steps, c_t)
-  raise ValueError(f'method must be one of {METHODS}; got {method!r}')
+  method = get_method(method)
+  if curriculum_steps is not None:
+    state = curriculum_steps
+  return method.attack_params(epoch, eps, step_size, settings, state)
 
 
 def warmup_eps(epoch: int, eps: float, warmup_epochs: int = 0) -> float:
@@ -108,15 +101,6 @@ def warmup_eps(epoch: int, eps: float, warmup_epochs: int = 0) -> float:
   if warmup_epochs and epoch < warmup_epochs:
     return eps * (epoch + 1) / warmup_epochs
   return eps
-
-
-def curriculum_num_steps(current: int, adv_accuracy: float, *,
-                         threshold: float, max_steps: int) -> int:
-  """Cai et al.'s curriculum: one more PGD step once the training accuracy on
-  the current adversarial examples passes ``threshold``, up to ``max_steps``."""
-  if adv_accuracy > threshold:
-    return min(current + 1, max_steps)
-  return current
 
 
 def learning_rate_schedule(learning_rate: float, *, steps_per_epoch: int,
@@ -198,15 +182,18 @@ def _inference_logits_fn(state: TrainState) -> Callable[[jax.Array],
 def sharded_pgd(mesh: Optional[Mesh],
                 fosc_centre_random_start: bool = False,
                 compact: Any = False,
-                unclipped_random_start: bool = False) -> Callable[..., Any]:
+                unclipped_random_start: bool = False, *,
+                stop: Any = None,
+                loss: str = 'xent',
+                step_noise: Optional[float] = None) -> Callable[..., Any]:
   """``pgd`` run per device under ``shard_map`` (or directly without a mesh).
 
   Each device runs its own ``while_loop`` on its slice of the batch, so under
-  FOSC control a device stops as soon as its own examples are done instead of
-  waiting for the slowest example of the global batch; the loop holds no
-  collective, so trip counts may differ between devices. The random start is
-  drawn outside, on the global batch, so results do not depend on the number
-  of devices.
+  a stopping rule a device stops as soon as its own examples are done instead
+  of waiting for the slowest example of the global batch; the loop holds no
+  collective, so trip counts may differ between devices. The random start
+  (and the step noise's per-example keys) are drawn outside, on the global
+  batch, so results do not depend on the number of devices.
 
   Args:
     mesh: the device mesh, or ``None`` to call ``pgd`` directly.
@@ -215,131 +202,191 @@ def sharded_pgd(mesh: Optional[Mesh],
     compact: ``pgd``'s ``compact`` (evaluate only the still-active examples,
       in bucketed buffer sizes), per device.
     unclipped_random_start: keep the start where it is, also outside the
-      pixel box (``pgd``'s ``clip_start=False``), as the authors' code does.
+      pixel box (``pgd``'s ``clip_start=False``).
+    stop: ``pgd``'s stopping rule (default: FOSC ``<= c_stop``).
+    loss: ``pgd``'s loss (``'kl'``: ``y`` is a target distribution).
+    step_noise: ``pgd``'s ``step_noise`` (FAT's omega), or ``None``.
 
   Returns:
-    ``f(state, x0, x_start, y, attack_params) -> (x_adv, PGDInfo)``.
+    ``f(state, x0, x_start, y, attack_params, labels, noise_keys) -> (x_adv,
+    PGDInfo)``; ``labels`` are the integer labels (the stopping rule's),
+    ``noise_keys`` ``uint32[B, 2]`` key data of the per-example noise keys
+    (ignored without ``step_noise``). Without a mesh both may be left out
+    (``labels`` then default to ``y``).
   """
 
-  def attack(state, x0, x_start, y, ap: AttackParams):
+  def attack(state, x0, x_start, y, ap: AttackParams, labels=None,
+             noise_keys=None):
+    noise = dict(step_noise=step_noise,
+                 noise_key=jax.random.wrap_key_data(noise_keys)
+                 ) if step_noise is not None else {}
     return _attacks.pgd(_inference_logits_fn(state), x0, y, None,
                         eps=ap.eps, step_size=ap.step_size,
                         num_steps=ap.num_steps, c_stop=ap.c_stop,
                         random_start=False, x_start=x_start,
                         fosc_center=x_start if fosc_centre_random_start else None,
                         clip_start=not unclipped_random_start,
-                        compact=compact)
+                        compact=compact, stop=stop, tau=ap.tau, labels=labels,
+                        loss=loss, **noise)
 
-  def per_device(state, x0, x_start, y, ap):
-    x, info = attack(state, x0, x_start, y, ap)
-    # num_iters is this device's trip count: give it a length-1 axis so the
-    # global array lists one count per device.
-    return x, info._replace(num_iters=info.num_iters[None])
+  def per_device(state, x0, x_start, y, ap, labels=None, noise_keys=None):
+    x, info = attack(state, x0, x_start, y, ap, labels, noise_keys)
+    # num_iters and evaluated are this device's: give each a length-1 axis
+    # so the global array lists one per device.
+    return x, info._replace(num_iters=info.num_iters[None],
+                            evaluated=info.evaluated[None])
 
   if mesh is None:
     return per_device
   data = P(parallel.DATA_AXIS)
   info_specs = _attacks.PGDInfo(steps=data, fosc=data, loss=data,
-                                num_iters=data)
+                                num_iters=data, evaluated=data)
   return jax.shard_map(per_device, mesh=mesh,
-                       in_specs=(P(), data, data, data, P()),
+                       in_specs=(P(), data, data, data, P(), data, data),
                        out_specs=(data, info_specs), check_vma=False)
 
 
-def make_train_step(method: str, mesh: Optional[Mesh] = None, *,
+def start_point(start: str, key: jax.Array, x0: jax.Array, eps: jax.Array,
+                unclipped: bool = False) -> jax.Array:
+  """The attack's start for a method's ``start`` (see
+  :attr:`dynamic_at.methods.Method.start`): ``'uniform'`` (clipped to the
+  box unless ``unclipped``), ``'normal'`` (``x0 + 0.001 N(0, 1)``, TRADES'
+  and MART's) or ``'clean'``."""
+  if start == 'uniform':
+    if unclipped:
+      return _attacks.random_start_point(key, x0, eps, -jnp.inf, jnp.inf)
+    return _attacks.random_start_point(key, x0, eps)
+  if start == 'normal':
+    return x0 + 0.001 * jax.random.normal(key, x0.shape, x0.dtype)
+  if start == 'clean':
+    return x0
+  raise ValueError(f'start must be one of {methods_lib.START_POINTS}; got '
+                   f'{start!r}')
+
+
+def make_train_step(method, mesh: Optional[Mesh] = None, *,
                     fosc_centre_random_start: bool = False,
                     unclipped_random_start: bool = False,
-                    compact: Any = None
+                    compact: Any = None,
+                    beta: float = 6.0,
+                    start: Optional[str] = None,
+                    step_noise: Optional[float] = None,
                     ) -> Callable[..., Tuple[TrainState, Dict[str, Any]]]:
   """Builds the (uncompiled) training step of ``method``.
 
   Args:
-    method: one of :data:`METHODS`.
+    method: a :class:`~dynamic_at.methods.Method` or its name in
+      :data:`dynamic_at.methods.METHODS`.
     mesh: device mesh of the data-parallel step (``None``: no ``shard_map``,
       for single-device use without a mesh).
     fosc_centre_random_start: the authors' code centres the FOSC on the
       random start rather than on the clean example; off by default (paper).
-    unclipped_random_start: the authors' code starts PGD from ``x0 + U(-eps,
-      eps)`` without clipping it to the pixel box ``[0, 1]`` (the first
-      gradient is taken there; every step is clipped); off by default: the
-      start is clipped.
+    unclipped_random_start: the first gradient is taken at the start as it
+      is, without clipping it to the pixel box ``[0, 1]`` (every step is
+      clipped): Dynamic's authors' code with a uniform start; off by default.
+      A ``'normal'`` start (TRADES, MART) is always unclipped, as in their
+      code.
     compact: ``pgd``'s ``compact``: the attack evaluates only its still-active
-      examples (bucketed buffer sizes), so FOSC early stopping saves wall
-      time even when a few examples run all K steps (the loop itself runs
-      until the slowest one stops). ``None`` (default): on for ``dynamic``
-      when JAX's default backend is the CPU, off otherwise and for the other
-      methods, which never stop an example early. Measured on MNIST (batch
-      128, 2 idle CPU cores) with the real Dynamic run's checkpoint after
-      epoch 1 (c_t 0.5, 5.8 PGD steps per example, the loop running all 10
-      trips): 306 ms per step against Standard's 402 ms (0.76x; without
-      compaction 399 ms). Compilation: 5 s instead of 2 s. On one H200
-      (MNIST runs sharing the GPU), Dynamic with compaction took 13.3 s per
-      epoch at 2.7 PGD steps per example against Standard's 7.5 s at 10
-      steps in the same minutes. Our reading: on a GPU this small model's
-      attack is bound by per-trip latency, not arithmetic, so the
-      compaction's per-trip gather, branch and scatter cost more than they
-      save. Dynamic without compaction was not timed there;
-      ``benchmarks/dynamic_step.py`` times both.
+      examples (bucketed buffer sizes), so early stopping saves wall time
+      even when a few examples run all K steps (the loop itself runs until
+      the slowest one stops). ``None`` (default): on for a method whose
+      stopping rule stops examples early (Dynamic, FAT) when JAX's default
+      backend is the CPU, off otherwise. Measured on MNIST (batch 128, 2
+      idle CPU cores) with the real Dynamic run's checkpoint after epoch 1
+      (c_t 0.5, 5.8 PGD steps per example, the loop running all 10 trips):
+      306 ms per step against Standard's 402 ms (0.76x; without compaction
+      399 ms). Compilation: 5 s instead of 2 s. On one H200 (MNIST runs
+      sharing the GPU), Dynamic with compaction took 13.3 s per epoch at 2.7
+      PGD steps per example against Standard's 7.5 s at 10 steps in the same
+      minutes. Our reading: on a GPU this small model's attack is bound by
+      per-trip latency, not arithmetic, so the compaction's per-trip gather,
+      branch and scatter cost more than they save. Dynamic without
+      compaction was not timed there; ``benchmarks/dynamic_step.py`` times
+      both.
+    beta: TRADES' and MART's weight of the KL term.
+    start: override the method's start point (``'uniform'``, ``'normal'``,
+      ``'clean'``), e.g. to run TRADES with the paper's uniform start.
+    step_noise: FAT's per-step Gaussian noise (its ``omega``); ``None``:
+      none.
 
   The authors' Keras code also weights each adversarial example's loss by its
   own inference-mode cross-entropy after the first epoch; the step does that
-  when called with ``weighted=True`` (off by default, as in the paper).
+  when called with ``weighted=True`` (off by default, as in the paper; only
+  the cross-entropy training loss reads it).
 
   Returns:
     ``train_step(state, batch, key, attack_params, weighted=False) ->
     (state, metrics)``; ``batch`` is ``{'image', 'label'}``, ``key`` the run's
     base key (the step folds in ``state.step``, so a resumed run draws the
-    same numbers). ``metrics`` holds scalars ``loss``, ``accuracy``,
-    ``steps_mean``, ``steps_max``, ``iters_max``; ``iters``, the PGD loop's
+    same numbers). ``metrics`` (see :data:`METRIC_KINDS`) holds scalars
+    ``loss``, ``accuracy``, ``steps_mean``, ``steps_max``, ``iters_max``;
+    the cost per example: ``grad_evals`` (the attack's input-gradient
+    evaluations an example got: its steps plus the start's), ``attack_rows``
+    (rows the attack's evaluations covered per example, frozen and padding
+    rows included: what was computed), ``train_passes`` (training-mode
+    forward and backward passes) and ``clean_forwards`` (extra inference
+    forward passes: TRADES' clean prediction); ``iters``, the PGD loop's
     trip count on each device (``[num_devices]``); and per-example ``fosc``
     and ``steps`` of the adversarial batch (zeros for ``unsecured``).
   """
-  if method not in METHODS:
-    raise ValueError(f'method must be one of {METHODS}; got {method!r}')
-  adversarial = method != 'unsecured'
+  method = get_method(method)
   if compact is None:
-    compact = method == 'dynamic' and jax.default_backend() == 'cpu'
+    compact = (method.stop is not _attacks.NO_STOP and
+               jax.default_backend() == 'cpu')
+  start = method.start if start is None else start
   attack = sharded_pgd(mesh, fosc_centre_random_start, compact,
-                       unclipped_random_start)
+                       unclipped_random_start, stop=method.stop,
+                       loss=method.attack_loss, step_noise=step_noise)
 
   def train_step(state: TrainState, batch, key: jax.Array,
                  ap: AttackParams, weighted=False):
     x0, y = batch['image'], batch['label']
     key = jax.random.fold_in(key, state.step)
-    if adversarial:
-      if unclipped_random_start:
-        x_start = _attacks.random_start_point(key, x0, ap.eps, -jnp.inf,
-                                              jnp.inf)
-      else:
-        x_start = _attacks.random_start_point(key, x0, ap.eps)
-      x, info = attack(state, x0, x_start, y, ap)
+    clean_forwards = 0
+    if method.adversarial:
+      x_start = start_point(start, key, x0, ap.eps, unclipped_random_start)
+      target = y
+      if method.attack_loss == 'kl':
+        target = jax.nn.softmax(_inference_logits_fn(state)(x0), -1)
+        clean_forwards = 1
+      noise_keys = jax.random.key_data(jax.random.split(
+          jax.random.fold_in(key, 1), y.shape[0]))
+      x, info = attack(state, x0, x_start, target, ap, y, noise_keys)
       example_weight = jnp.where(weighted, info.loss, 1.0)
+      grad_evals = jnp.mean((info.steps + 1).astype(jnp.float32))
+      attack_rows = jnp.sum(info.evaluated) / y.shape[0]
     else:
       x = x0
       zeros = jnp.zeros(y.shape, jnp.int32)
       info = _attacks.PGDInfo(steps=zeros, fosc=jnp.zeros(y.shape),
                               loss=jnp.zeros(y.shape),
-                              num_iters=jnp.zeros((1,), jnp.int32))
+                              num_iters=jnp.zeros((1,), jnp.int32),
+                              evaluated=jnp.zeros((1,), jnp.int32))
       example_weight = jnp.ones(y.shape)
+      grad_evals = attack_rows = jnp.float32(0.0)
+
+    def apply(params, batch_stats, x_):
+      logits, new_state = state.apply_fn(
+          {'params': params, 'batch_stats': batch_stats}, x_, train=True,
+          mutable=['batch_stats'])
+      return logits, new_state['batch_stats']
 
     def loss_fn(params):
-      logits, new_state = state.apply_fn(
-          {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-          mutable=['batch_stats'])
-      per_example = _losses.xent(logits, y)
-      return jnp.mean(example_weight * per_example), (logits, new_state,
-                                                      per_example)
+      return method.train_loss(apply, params, state.batch_stats, x0, x, y,
+                               example_weight, beta)
 
-    grads, (logits, new_model_state, per_example) = jax.grad(
-        loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads,
-                                  batch_stats=new_model_state['batch_stats'])
+    grads, out = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=out.batch_stats)
     metrics = {
-        'loss': jnp.mean(per_example),
-        'accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
+        'loss': jnp.mean(out.per_example),
+        'accuracy': jnp.mean(jnp.argmax(out.logits, -1) == y),
         'steps_mean': jnp.mean(info.steps.astype(jnp.float32)),
         'steps_max': jnp.max(info.steps),
         'iters_max': jnp.max(info.num_iters),
+        'grad_evals': jnp.float32(grad_evals),
+        'attack_rows': jnp.float32(attack_rows),
+        'train_passes': jnp.float32(method.train_forward_passes),
+        'clean_forwards': jnp.float32(clean_forwards),
         'iters': info.num_iters,
         'fosc': info.fosc,
         'steps': info.steps,

@@ -27,8 +27,8 @@ from absl import flags
 import jax
 
 from dynamic_at import evaluation
+from dynamic_at import methods as methods_lib
 from dynamic_at import models
-from dynamic_at import train
 
 DATASETS = ('mnist', 'cifar10')
 AUGMENTATIONS = ('none', 'crop_flip', 'keras')
@@ -160,9 +160,10 @@ class Config:
       'cifar-10-binary.tar.gz / data_batch_*.bin). Unset: a prepared TFDS '
       'dataset (never downloaded).', path=True, may_differ_on_resume=True)
   method: str = setting(
-      'dynamic', 'Training method: unsecured (clean), standard (Madry PGD-K), '
-      'curriculum (Cai et al., PGD-k with growing k), dynamic '
-      '(FOSC-controlled PGD-K).', choices=train.METHODS)
+      'dynamic', 'Training method: ' + '; '.join(
+          f'{m.name} ({m.description})'
+          for m in methods_lib.METHODS.values()) + '.',
+      choices=tuple(methods_lib.METHODS))
   model: str = setting(
       'mnist_cnn', 'Model (dataset default: mnist_cnn / cifar10_cnn).',
       choices=models.MODEL_NAMES, check_choices=False,  # vs DATASET_MODELS
@@ -203,6 +204,26 @@ class Config:
                   '{flag} must be a fraction in [0, 1].'))
   curriculum_start_steps: int = setting(1, "Curriculum's k in epoch 0.",
                                         check=at_least(0))
+  beta: float = setting(
+      6.0, "TRADES' and MART's weight beta of their KL term (their code: "
+      'TRADES 1 on MNIST and 6 on CIFAR-10, MART 6).', check=at_least(0))
+  fat_tau_epochs: Tuple[int, ...] = setting(
+      (), "FAT: epochs (from 0) at whose start tau grows by one (0, 1, 2, "
+      '...). Empty: FAT.py\'s epochs 50 and 90 of 120 scaled to --num_epochs '
+      '(MNIST 50 epochs: 21, 38).',
+      check=Check(lambda v: all(e >= 0 for e in v), '{flag} must be >= 0.'))
+  fat_step_noise: float = setting(
+      0.0, 'FAT: standard deviation of Gaussian noise added to every PGD step '
+      "before the projection (FAT.py's omega, 0.001); 0 = none.",
+      check=at_least(0))
+  attack_start: str = setting(
+      'method', "Start of the training attack: method = the method's own "
+      '(uniform random start in the eps-ball for standard, curriculum, '
+      'dynamic and fat; x + 0.001 N(0, 1) for trades and mart, as their '
+      'code), uniform (the paper\'s random start: run TRADES or MART with '
+      'the paper\'s attack), normal (x + 0.001 N(0, 1)).',
+      choices=('method',) + tuple(s_ for s_ in methods_lib.START_POINTS
+                                  if s_ != 'clean'))
   learning_rate: float = setting(0.01, 'Initial SGD learning rate.',
                                  check=POSITIVE)
   momentum: float = setting(0.9, 'SGD momentum.',

@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ import numpy as np
 from dynamic_at import checkpoint
 from dynamic_at import data
 from dynamic_at import evaluation
+from dynamic_at import methods as methods_lib
 from dynamic_at import models
 from dynamic_at import parallel
 from dynamic_at import train
@@ -100,17 +101,20 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int):
   return train.learning_rate_schedule(**_lr_settings(config, steps_per_epoch))
 
 
+def method_of(config: Config) -> methods_lib.Method:
+  """The :class:`~dynamic_at.methods.Method` of ``--method``."""
+  return methods_lib.get_method(config.method)
+
+
 def epoch_attack_params(config: Config, epoch: int,
-                        curriculum_k: int) -> train.AttackParams:
-  """The traced attack settings of ``epoch``: eps ramped over
-  ``--eps_warmup_epochs`` (:func:`train.warmup_eps`), the step size scaled
-  with it."""
+                        method_state: Any) -> train.AttackParams:
+  """The traced attack settings of ``epoch`` (the method's, from its host
+  state, e.g. Curriculum's k): eps ramped over ``--eps_warmup_epochs``
+  (:func:`train.warmup_eps`), the step size scaled with it."""
   eps = train.warmup_eps(epoch, config.eps, config.eps_warmup_epochs)
-  return train.attack_params_for_epoch(
-      config.method, epoch, eps=eps,
-      step_size=config.step_size * eps / config.eps,
-      num_steps=config.num_steps, c_max=config.c_max, t_prime=config.t_prime,
-      curriculum_steps=curriculum_k)
+  return method_of(config).attack_params(
+      epoch, eps, config.step_size * eps / config.eps, config.to_dict(),
+      method_state)
 
 
 def _float32_value(x: Any) -> float:
@@ -119,9 +123,11 @@ def _float32_value(x: Any) -> float:
   return float(str(np.float32(x)))
 
 
-# The step metrics the loop fetches (the others are not computed).
-_STEP_METRICS = ('loss', 'accuracy', 'steps_mean', 'steps_max', 'iters_max',
-                 'fosc')
+# The step metrics the loop fetches and reduces, each by its declared kind
+# (train.METRIC_KINDS); the others are not computed.
+_STEP_METRICS = tuple(train.METRIC_KINDS)
+# The metrics.jsonl name of a metric where it is not the metric's own.
+_ROW_NAMES = {'loss': 'train_loss', 'accuracy': 'train_accuracy'}
 
 
 def make_step(config: Config, mesh) -> Tuple[Any, List[int]]:
@@ -131,9 +137,12 @@ def make_step(config: Config, mesh) -> Tuple[Any, List[int]]:
   0) and the attack parameters are traced, so neither recompiles the step.
   """
   step = train.make_train_step(
-      config.method, mesh,
+      method_of(config), mesh,
       fosc_centre_random_start=config.fosc_centre_random_start,
-      unclipped_random_start=config.unclipped_random_start)
+      unclipped_random_start=config.unclipped_random_start,
+      beta=config.beta,
+      start=None if config.attack_start == 'method' else config.attack_start,
+      step_noise=config.fat_step_noise or None)
   traces = [0]
 
   def counted(state, batch, key, attack_params, weighted):
@@ -155,42 +164,61 @@ class Progress:
 
   Attributes:
     step: global step (optimiser updates so far).
-    curriculum_k: curriculum's current k.
-    loss_sum, accuracy_sum, steps_mean_sum: sums over the epoch's batches.
-    steps_max, iters_max: maxima over the epoch's batches.
+    method_state: the method's host state (Curriculum's current k; see
+      :attr:`dynamic_at.methods.Method.initial_state`).
+    fosc: ``f32[steps_per_epoch * batch_size]`` FOSC of the epoch's
+      adversarial examples (batch ``i`` at ``[i * B, (i + 1) * B)``).
+    sums, maxima: per metric of kind ``'mean'`` / ``'max'``
+      (:data:`dynamic_at.train.METRIC_KINDS`), its sum / maximum over the
+      epoch's batches so far.
+    counts: per ``'mean'`` metric, the batches in its sum (fewer than
+      ``num_batches`` only for a metric added since an older checkpoint of
+      the epoch was written).
     num_batches: batches of the epoch folded in so far.
     epoch_time_s: wall time spent on the epoch so far.
     train_time_s: wall time of all training so far.
-    fosc: ``f32[steps_per_epoch * batch_size]`` FOSC of the epoch's
-      adversarial examples (batch ``i`` at ``[i * B, (i + 1) * B)``).
   """
   step: int
-  curriculum_k: int
+  method_state: Any
   fosc: np.ndarray
-  loss_sum: float = 0.0
-  accuracy_sum: float = 0.0
-  steps_mean_sum: float = 0.0
-  steps_max: int = 0
-  iters_max: int = 0
+  sums: Dict[str, float] = dataclasses.field(default_factory=dict)
+  maxima: Dict[str, float] = dataclasses.field(default_factory=dict)
+  counts: Dict[str, int] = dataclasses.field(default_factory=dict)
   num_batches: int = 0
   epoch_time_s: float = 0.0
   train_time_s: float = 0.0
 
-  _META = ('step', 'curriculum_k', 'loss_sum', 'accuracy_sum',
-           'steps_mean_sum', 'steps_max', 'iters_max', 'num_batches',
+  _META = ('step', 'method_state', 'sums', 'maxima', 'counts', 'num_batches',
            'epoch_time_s', 'train_time_s')
+  # Checkpoints written before the metrics were declared by kind.
+  _OLD_SUMS = {'loss': 'loss_sum', 'accuracy': 'accuracy_sum',
+               'steps_mean': 'steps_mean_sum'}
+  _OLD_MAXIMA = ('steps_max', 'iters_max')
 
   def meta(self) -> Dict[str, Any]:
     return {k: getattr(self, k) for k in self._META}
 
   @classmethod
   def from_meta(cls, meta: Mapping[str, Any], fosc: np.ndarray) -> 'Progress':
-    return cls(fosc=np.asarray(fosc, np.float32),
-               **{k: meta[k] for k in cls._META})
+    fosc = np.asarray(fosc, np.float32)
+    if 'sums' in meta:
+      return cls(fosc=fosc, **{k: meta[k] for k in cls._META})
+    n = meta['num_batches']
+    return cls(
+        step=meta['step'], method_state=meta.get('curriculum_k'), fosc=fosc,
+        sums={k: meta[old] for k, old in cls._OLD_SUMS.items()},
+        maxima={k: meta[k] for k in cls._OLD_MAXIMA},
+        counts={k: n for k in cls._OLD_SUMS}, num_batches=n,
+        epoch_time_s=meta['epoch_time_s'], train_time_s=meta['train_time_s'])
+
+  def mean(self, name: str) -> Optional[float]:
+    """The epoch's mean of a ``'mean'`` metric (``None`` before any batch)."""
+    n = self.counts.get(name, 0)
+    return self.sums.get(name, 0.0) / n if n else None
 
   def reset_epoch(self) -> None:
-    self.loss_sum = self.accuracy_sum = self.steps_mean_sum = 0.0
-    self.steps_max = self.iters_max = self.num_batches = 0
+    self.sums, self.maxima, self.counts = {}, {}, {}
+    self.num_batches = 0
     self.epoch_time_s = 0.0
     self.fosc = np.zeros_like(self.fosc)
 
@@ -227,7 +255,9 @@ def model_variables(state: train.TrainState) -> Dict[str, Any]:
 
 
 def _fresh_progress(config: Config, steps_per_epoch: int) -> Progress:
-  return Progress(step=0, curriculum_k=config.curriculum_start_steps,
+  return Progress(step=0,
+                  method_state=method_of(config).initial_state(
+                      config.to_dict()),
                   fosc=np.zeros(steps_per_epoch * config.batch_size,
                                 np.float32))
 
@@ -309,14 +339,20 @@ def _flush(run: Run, pending: List[Tuple[int, Dict[str, Any]]],
           f'{index}); stopping without saving the diverged state. '
           f'{_last_good(run)} Try a lower --learning_rate or '
           '--eps_warmup_epochs.')
-    progress.loss_sum += loss
-    progress.accuracy_sum += float(m['accuracy'])
-    progress.steps_mean_sum += float(m['steps_mean'])
-    progress.steps_max = max(progress.steps_max, int(m['steps_max']))
-    progress.iters_max = max(progress.iters_max, int(m['iters_max']))
+    for name, kind in train.METRIC_KINDS.items():
+      value = m[name]
+      if kind == 'mean':
+        progress.sums[name] = progress.sums.get(name, 0.0) + float(value)
+        progress.counts[name] = progress.counts.get(name, 0) + 1
+      elif kind == 'max':
+        value = value.item() if hasattr(value, 'item') else value
+        progress.maxima[name] = max(progress.maxima.get(name, value), value)
+      elif kind == 'per_example':
+        getattr(progress, name)[index * batch:(index + 1) * batch] = (
+            np.asarray(value, np.float32))
+      else:
+        raise ValueError(f'metric {name}: unknown kind {kind!r}')
     progress.num_batches += 1
-    progress.fosc[index * batch:(index + 1) * batch] = np.asarray(
-        m['fosc'], np.float32)
   pending.clear()
   now = time.time()
   progress.epoch_time_s += now - since
@@ -328,41 +364,48 @@ def epoch_row(run: Run, epoch: int, progress: Progress,
               attack_params: train.AttackParams) -> Dict[str, Any]:
   """The epoch's metrics.jsonl row.
 
-  Keys: ``epoch`` (from 0), ``step`` (global step at its end),
+  Keys: ``epoch`` (from 0), ``step`` (global step at its end); every step
+  metric reduced by its kind (:data:`dynamic_at.train.METRIC_KINDS`):
   ``train_loss`` / ``train_accuracy`` (mean over batches of the adversarial
-  batch's cross-entropy / accuracy as a fraction), ``steps_mean`` (mean PGD
+  batch's training loss / accuracy as a fraction), ``steps_mean`` (mean PGD
   steps per example), ``steps_max`` (most steps of an example),
-  ``iters_max`` (most loop iterations a device ran), ``c_t`` (Dynamic's FOSC
-  threshold, else ``None``), ``num_steps`` (K, or Curriculum's k), ``eps``,
-  ``step_size``, ``lr`` (at the epoch's first step), ``epoch_time_s``,
-  ``train_time_s`` (cumulative); :func:`evaluate_epoch` adds ``test_clean``
-  and ``test_pgd20`` (percent) when due.
+  ``iters_max`` (most loop iterations a device ran), the cost per example:
+  ``grad_evals`` (attack input-gradient evaluations an example got),
+  ``attack_rows`` (rows the attack's evaluations covered, frozen and padding
+  rows included), ``train_passes`` (training forward and backward passes),
+  ``clean_forwards`` (extra inference forward passes); then ``c_t``
+  (the FOSC threshold, else ``None``), ``tau`` (FAT's, else ``None``),
+  ``num_steps`` (K, or Curriculum's k), ``eps``, ``step_size``, ``lr`` (at
+  the epoch's first step), ``epoch_time_s``, ``train_time_s`` (cumulative);
+  :func:`evaluate_epoch` adds ``test_clean`` and ``test_pgd20`` (percent)
+  when due.
 
-  ``c_t``, ``num_steps``, ``eps`` and ``step_size`` are those of
+  ``c_t``, ``tau``, ``num_steps``, ``eps`` and ``step_size`` are those of
   ``attack_params``, the settings the epoch's steps used, and ``lr`` is the
   optimiser's own schedule at the epoch's first step; the float32 values are
   logged as the shortest decimals that read back as them.
   """
-  n = max(progress.num_batches, 1)
   c_stop = float(attack_params.c_stop)
   lr = learning_rate_schedule(run.config, run.steps_per_epoch)(
       jnp.int32(epoch * run.steps_per_epoch))
-  return {
-      'epoch': epoch,
-      'step': progress.step,
-      'train_loss': progress.loss_sum / n,
-      'train_accuracy': progress.accuracy_sum / n,
-      'steps_mean': progress.steps_mean_sum / n,
-      'steps_max': progress.steps_max,
-      'iters_max': progress.iters_max,
+  row = {'epoch': epoch, 'step': progress.step}
+  for name, kind in train.METRIC_KINDS.items():
+    if kind == 'mean':
+      row[_ROW_NAMES.get(name, name)] = progress.mean(name)
+    elif kind == 'max':
+      row[_ROW_NAMES.get(name, name)] = progress.maxima.get(name, 0)
+  uses_tau = method_of(run.config).stop.name == 'fat'
+  row.update({
       'c_t': _float32_value(c_stop) if math.isfinite(c_stop) else None,
+      'tau': int(attack_params.tau) if uses_tau else None,
       'num_steps': int(attack_params.num_steps),
       'eps': _float32_value(attack_params.eps),
       'step_size': _float32_value(attack_params.step_size),
       'lr': _float32_value(lr),
       'epoch_time_s': progress.epoch_time_s,
       'train_time_s': progress.train_time_s,
-  }
+  })
+  return row
 
 
 def evaluate_epoch(run: Run, state: train.TrainState) -> Dict[str, float]:
@@ -395,7 +438,7 @@ def chance_warning(config: Config, row: Mapping[str, Any],
   subset, a few dozen steps), so there the message only says what to try if
   it lasts.
   """
-  if config.method == 'unsecured':
+  if not method_of(config).adversarial:
     return
   if abs(row['train_loss'] - CHANCE_LOSS) >= _CHANCE_TOLERANCE:
     return
@@ -418,13 +461,14 @@ def _log_epoch(run: Run, row: Mapping[str, Any], fosc: np.ndarray) -> None:
     return
   epoch = row['epoch']
   append_metrics(run.config.workdir, row)
-  if run.config.method != 'unsecured':
+  adversarial = method_of(run.config).adversarial
+  if adversarial:
     atomic_save_npy(fosc_path(run.config.workdir, epoch), fosc)
   if run.writer is not None:
     for k, v in row.items():
       if k != 'epoch' and isinstance(v, (int, float)) and v is not None:
         run.writer.add_scalar(k, v, epoch)
-    if run.config.method != 'unsecured':
+    if adversarial:
       run.writer.add_histogram('fosc', fosc, epoch)
     run.writer.flush()
   parts = [f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
@@ -443,11 +487,8 @@ def _end_epoch(run: Run, state: train.TrainState, progress: Progress,
   _log_epoch(run, row, progress.fosc)
   if epoch == 0:
     chance_warning(config, row, 'after the first epoch')
-  if config.method == 'curriculum':
-    progress.curriculum_k = train.curriculum_num_steps(
-        progress.curriculum_k, row['train_accuracy'],
-        threshold=config.curriculum_threshold,
-        max_steps=config.curriculum_max_steps)
+  progress.method_state = method_of(config).next_state(
+      progress.method_state, row, config.to_dict())
   progress.reset_epoch()
 
 
@@ -472,7 +513,7 @@ def train_epoch(run: Run, state: train.TrainState, progress: Progress,
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   config = run.config
   epoch, skip = divmod(progress.step, run.steps_per_epoch)
-  attack_params = epoch_attack_params(config, epoch, progress.curriculum_k)
+  attack_params = epoch_attack_params(config, epoch, progress.method_state)
   ap = parallel.replicate(attack_params, run.mesh)
   weighted = parallel.replicate(
       jnp.asarray(config.loss_weighting and epoch > 0), run.mesh)
@@ -498,10 +539,10 @@ def train_epoch(run: Run, state: train.TrainState, progress: Progress,
           progress.step % config.checkpoint_every_steps == 0)
       if save or progress.step % config.log_every_steps == 0:
         since = _flush(run, pending, progress, since)
-        n = max(progress.num_batches, 1)
-        bar.set_postfix(loss=f'{progress.loss_sum / n:.4f}',
-                        adv_acc=f'{progress.accuracy_sum / n:.4f}',
-                        pgd_steps=f'{progress.steps_mean_sum / n:.2f}',
+        mean = lambda name: progress.mean(name) or 0.0
+        bar.set_postfix(loss=f'{mean("loss"):.4f}',
+                        adv_acc=f'{mean("accuracy"):.4f}',
+                        pgd_steps=f'{mean("steps_mean"):.2f}',
                         c_t=f'{c_t:.3f}' if math.isfinite(c_t) else '-')
       if end:
         _end_epoch(run, state, progress, epoch, attack_params)

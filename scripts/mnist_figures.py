@@ -27,9 +27,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dynamic_at import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dynamic_at import plots  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-METHODS = ('unsecured', 'standard', 'curriculum', 'dynamic')
+METHODS = tuple(methods.METHODS)
 STAGES = (0, 9, 19, 29, 39, 49)
 
 
@@ -68,8 +69,8 @@ def main():
     sys.exit(f'--runs_dir: no mnist_<method> workdir in {args.runs_dir}')
   os.makedirs(args.out, exist_ok=True)
 
-  fosc = {m: _fosc(runs[m], STAGES) for m in ('standard', 'curriculum',
-                                               'dynamic') if m in runs}
+  fosc = {m: _fosc(runs[m], STAGES) for m in METHODS
+          if m in runs and methods.get_method(m).adversarial}
   written = [plots.fosc_histograms_by_method(
       fosc, os.path.join(args.out, 'fosc_by_method.png'),
       max_stages=len(STAGES), num_bins=80, x_max=args.fosc_x_max,
@@ -81,7 +82,8 @@ def main():
                     'linestyle': '--' if 'seed 1' in label else '-'}
             for label in runs}
   written.append(plots.curves_by_method(
-      {k: v for k, v in rows.items() if not k.startswith('unsecured')},
+      {k: v for k, v in rows.items()
+       if methods.get_method(k.split()[0]).adversarial},
       os.path.join(args.out, 'pgd_steps_per_epoch.png'),
       keys=(('steps_mean', 'mean PGD steps per training example'),),
       styles=styles, title='MNIST: PGD steps per epoch'))

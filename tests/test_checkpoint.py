@@ -266,7 +266,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path,
                              *args], subprocess_env)
   assert not (parts / 'results.json').exists()
   _, _, meta = _final_params(parts)
-  assert meta['step'] == 5 and meta['curriculum_k'] == 2
+  assert meta['step'] == 5 and meta['method_state'] == 2
   proc = _run('experiments.mnist', [f'--workdir={parts}', *args],
               subprocess_env)
   assert 'Resuming from step 5' in proc.stdout

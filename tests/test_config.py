@@ -53,7 +53,7 @@ def test_every_config_field_is_exactly_one_flag_and_vice_versa():
   assert set(fields) - set(holders) == {'dataset'}
   assert set(holders) <= set(fields)
   assert len(flags.FLAGS.get_flags_for_module('experiments.config')) == (
-      len(fields) - 1) == 44
+      len(fields) - 1) == 48
   for name, holder in holders.items():
     field = fields[name]
     kind = config_lib.flag_kind(field)
@@ -76,7 +76,8 @@ def test_every_config_field_is_exactly_one_flag_and_vice_versa():
   assert (holders['eps'].default, holders['step_size'].default) == (0.3, None)
   assert holders['lr_drop_epochs'].default == ['20', '40']
   assert holders['method'].parser.enum_values == [
-      'unsecured', 'standard', 'curriculum', 'dynamic']
+      'unsecured', 'standard', 'curriculum', 'dynamic', 'fat', 'trades',
+      'mart']
   assert holders['loss_weighting'].flag_type() == 'bool'
   assert holders['num_processes'].flag_type() == 'int'
 
@@ -103,7 +104,8 @@ def test_field_checks_keep_their_messages():
       'num_train_examples': (
           -1, '--num_train_examples=-1 must be >= 0 (0 = all).'),
       'method': ('bogus', "--method=bogus: expected one of ('unsecured', "
-                 "'standard', 'curriculum', 'dynamic')."),
+                 "'standard', 'curriculum', 'dynamic', 'fat', 'trades', "
+                 "'mart')."),
       'attacks': ('x', "--attacks=x: expected one of ('paper', 'strong', "
                   "'autoattack')."),
       # model: checked against the dataset's models, not all models.
@@ -182,6 +184,12 @@ def test_a_new_setting_is_one_declaration():
 # ---------------------------------------------------------------------------
 
 
+# Settings added after those runs, read at their defaults.
+_ADDED_SINCE = dict(attack_cascade=False, cpu_devices=0, beta=6.0,
+                    fat_tau_epochs=[], fat_step_noise=0.0,
+                    attack_start='method')
+
+
 def _old(run):
   with open(TESTDATA / f'old_flags_{run}.json') as f:
     return json.load(f)
@@ -192,7 +200,7 @@ def test_old_flags_json_loads_and_validates():
   config = config_lib.Config.from_dict(saved)
   config_lib.validate_config(config)
   # attack_cascade and cpu_devices came later: they read their defaults.
-  assert config.to_dict() == dict(saved, attack_cascade=False, cpu_devices=0)
+  assert config.to_dict() == dict(saved, **_ADDED_SINCE)
   assert config == config_lib.Config(
       dataset='mnist', workdir='workdirs/mnist_dynamic_study_cpu/'
       'dynamic_authors_seed0', data_dir='../shared/data/mnist',
@@ -213,7 +221,7 @@ def test_older_flags_json_without_a_newer_flag():
   config_lib.validate_config(config)
   assert config.unclipped_random_start is False
   assert config.to_dict() == dict(saved, unclipped_random_start=False,
-                                  attack_cascade=False, cpu_devices=0)
+                                  **_ADDED_SINCE)
   assert (config.method, config.t_prime, config.num_epochs) == (
       'dynamic', 4.0, 5)
   assert config_lib.flag_differences(saved, config) == []

@@ -561,12 +561,38 @@ METHOD_FLAGFILES = sorted(p for p in CONFIGS.glob('*.flags')
                           if not p.stem.endswith('_base'))
 
 
+# Method flagfiles added since (issue 25): per dataset, a method of the
+# registry on the dataset's base file with its own settings.
+NEW_METHOD_SETTINGS = {
+    'mnist_fat': dict(method='fat', fat_step_noise=0.0),
+    'cifar10_fat': dict(method='fat', fat_step_noise=0.0),
+    'mnist_trades': dict(method='trades', beta=1.0),
+    'cifar10_trades': dict(method='trades', beta=6.0),
+    'mnist_mart': dict(method='mart', beta=6.0),
+    'cifar10_mart': dict(method='mart', beta=6.0),
+}
+
+
+def _expected_flagfile_config(stem):
+  """What a method flagfile resolves to: the snapshot (settings added since
+  at their defaults), or for a new method the dataset's Standard file with
+  the method's settings."""
+  defaults = config_lib.Config(dataset='mnist', workdir='/tmp/unused')
+  if stem in FLAGFILE_CONFIGS:
+    snapshot = FLAGFILE_CONFIGS[stem]
+    return {**{k: v for k, v in defaults.to_dict().items()
+               if k not in snapshot}, **snapshot}
+  standard = _expected_flagfile_config(stem.split('_')[0] + '_standard')
+  return {**standard, **NEW_METHOD_SETTINGS[stem]}
+
+
 def test_flagfile_layout():
-  """A base file per dataset/model; the method files are the 12 names."""
+  """A base file per dataset/model; the method files are the 12 names of
+  the paper's methods and the new methods' files."""
   assert sorted(p.stem for p in CONFIGS.glob('*.flags')) == sorted(
-      list(FLAGFILE_CONFIGS) + ['mnist_base', 'cifar10_base',
-                                'cifar10_wrn_base'])
-  assert len(METHOD_FLAGFILES) == 12
+      list(FLAGFILE_CONFIGS) + list(NEW_METHOD_SETTINGS) +
+      ['mnist_base', 'cifar10_base', 'cifar10_wrn_base'])
+  assert len(METHOD_FLAGFILES) == 18
   for path in METHOD_FLAGFILES:
     lines = [l for l in path.read_text().splitlines()
              if l and not l.startswith('#')]
@@ -581,8 +607,9 @@ def test_flagfiles(path):
   method = path.stem.split('_')[-1]
   config = _parse(dataset, [f'--flagfile={path}', '--workdir=/tmp/unused'])
   config_lib.validate_config(config)
-  # Exactly the Config the file gave before the split, every field.
-  assert config.to_dict() == FLAGFILE_CONFIGS[path.stem]
+  # Exactly the Config the file gave before the split, every field (the
+  # settings added since at their defaults).
+  assert config.to_dict() == _expected_flagfile_config(path.stem)
   # The same through the relative path of the README's commands.
   assert _parse(dataset, [f'--flagfile={path.relative_to(REPO)}',
                           '--workdir=/tmp/unused']) == config
@@ -706,7 +733,7 @@ def test_epoch_row_logs_what_the_step_used(method):
       _, opt_state = state.tx.update(params, opt_state, params)
     ap = training.epoch_attack_params(config, epoch, 2)
     progress = training.Progress(step=(epoch + 1) * steps_per_epoch,
-                                 curriculum_k=2, fosc=np.zeros(4, np.float32))
+                                 method_state=2, fosc=np.zeros(4, np.float32))
     row = training.epoch_row(run, epoch, progress, ap)
     assert np.float32(row['lr']) == -np.asarray(update['w'])
     assert np.float32(row['eps']) == np.asarray(ap.eps)

@@ -27,9 +27,13 @@ four = parallel.make_mesh()
 for method in train.METHODS:
   s1, m1 = dp_worker.run(one, method, 3)
   s4, m4 = dp_worker.run(four, method, 3)
-  chex.assert_trees_all_close(s1.params, s4.params, rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(s1.batch_stats, s4.batch_stats, rtol=1e-5,
-                              atol=1e-6)
+  # TRADES' attack starts 0.001 from the clean example, where the gradient of
+  # its KL is nearly 0: the signs of its tiniest components follow the float
+  # rounding of the device layout, so its steps (and parameters, ~7e-4 here)
+  # differ more than the other methods' (<= 1.2e-7).
+  tol = dict(rtol=1e-5, atol=2e-3 if method == 'trades' else 1e-6)
+  chex.assert_trees_all_close(s1.params, s4.params, **tol)
+  chex.assert_trees_all_close(s1.batch_stats, s4.batch_stats, **tol)
   np.testing.assert_array_equal(m1['steps'], m4['steps'])
 # Dynamic with a threshold that freezes examples at different steps: every
 # device runs its own loop and stops with its own slowest example.
