@@ -507,14 +507,36 @@ def _relative_paths(text: str) -> str:
   return text.replace(here + '/', '').replace(parent + '/', '../')
 
 
+def _portable_paths(text: str, recorded_workdir: Optional[str],
+                    local_workdir: str) -> str:
+  """``text`` with the machine's own paths taken out.
+
+  A run trained elsewhere (e.g. on a GPU machine in ``/tmp/runs/<grid>``)
+  recorded that machine's absolute workdir. Its runs folder (the recorded
+  workdir's parent, which also holds e.g. a black-box source run) is
+  replaced by the local one, ``local_workdir``'s parent, and then every path
+  under the working directory or its parent is made relative to it
+  (:func:`_relative_paths`).
+  """
+  if recorded_workdir and os.path.isabs(recorded_workdir):
+    recorded = os.path.normpath(recorded_workdir)
+    local = os.path.abspath(local_workdir)
+    if recorded != local:
+      text = text.replace(os.path.dirname(recorded) + '/',
+                          os.path.dirname(local) + '/')
+  return _relative_paths(text)
+
+
 def copy_run_files(result: RunResult, results_dir: str) -> None:
   from dynamic_at import files  # pylint: disable=g-import-not-at-top
   dest = os.path.join(results_dir, result.name)
+  saved = read_json(os.path.join(result.workdir, config_lib.FLAGS_FILE)) or {}
   for name in (config_lib.RESULTS_FILE, config_lib.METRICS_FILE,
                config_lib.FLAGS_FILE):
     with open(os.path.join(result.workdir, name)) as f:
-      files.atomic_write_text(os.path.join(dest, name),
-                              _relative_paths(f.read()))
+      files.atomic_write_text(
+          os.path.join(dest, name),
+          _portable_paths(f.read(), saved.get('workdir'), result.workdir))
 
 
 def report(grid: Grid, runs_dir: str, results_dir: Optional[str],
