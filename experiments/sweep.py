@@ -31,7 +31,8 @@ attack, the attack gradient evaluations of training (the sum over training
 steps of the mean PGD steps per example times the examples, from the run's
 ``metrics.jsonl``) and the training time; with ``--results_dir`` also each
 run's ``results.json``, ``metrics.jsonl`` and ``flags.json`` (paths made
-relative) and the study figures.
+relative), the study figures and, where the results folder has a
+``report.json``, its generated ``tables.md`` (:mod:`experiments.study_tables`).
 """
 
 import copy
@@ -457,7 +458,7 @@ def table_markdown(grid: Grid, table: Sequence[Mapping[str, Any]],
 
 def table_csv(table: Sequence[Mapping[str, Any]]) -> str:
   buf = io.StringIO()
-  w = csv.writer(buf)
+  w = csv.writer(buf, lineterminator='\n')
   cols = list(ATTACK_COLUMNS) + ['grad_evals', 'train_time_s']
   w.writerow(['variant', 'seeds', 'num_eval_examples'] +
              [f'{c}_{s}' for c in cols for s in ('mean', 'min', 'max')])
@@ -570,6 +571,11 @@ def report(grid: Grid, runs_dir: str, results_dir: Optional[str],
           results_dir, 'steps_and_pgd20_per_epoch.png'))
       sweep_figures.fosc_by_variant(results, os.path.join(
           results_dir, 'fosc_by_variant.png'))
+    # The tables a results README cites, from the per-run copies just made.
+    from experiments import study_tables  # pylint: disable=g-import-not-at-top
+    if results and os.path.isfile(os.path.join(results_dir,
+                                               study_tables.REPORT_FILE)):
+      print(f'[sweep] wrote {study_tables.write(results_dir)}', flush=True)
   missing = [s.name for s in grid.runs()
              if s.name not in {r.name for r in results}]
   if missing:
