@@ -265,6 +265,23 @@ def accuracy_table(runs, evaluation=None, box='white_box') -> List[str]:
   return _table(['variant', 'seeds'] + [NAMES[c] for c in cols], rows, 2)
 
 
+def seed_spread_table(runs, evaluation=None) -> List[str]:
+  """Per variant with two or more seeds: largest minus smallest seed's
+  accuracy for each attack (points)."""
+  cols = _columns(runs, evaluation)
+  rows = []
+  for v in _variants(runs):
+    rs = _by(runs, v)
+    cells = [v, ','.join(str(r['seed']) for r in rs)]
+    for c in cols:
+      vals = [x for x in (_acc(r, c, evaluation) for r in rs)
+              if x is not None]
+      cells.append(_f(max(vals) - min(vals)) if len(vals) > 1 else '')
+    if len(rs) > 1:
+      rows.append(cells)
+  return _table(['variant', 'seeds'] + [NAMES[c] for c in cols], rows, 2)
+
+
 def per_run_table(runs, evaluation, reference: Optional[str]) -> List[str]:
   """One row per run: each attack, and PGD-20 minus the worst case."""
   cols = _columns(runs, evaluation)
@@ -441,6 +458,7 @@ def tables_markdown(results_dir: str,
   pairs = [(v, ref) for v in variants if ref and v != ref and
            any(r['cost']['sign_steps'] > 0 for r in _by(runs, v))]
   pairs += [tuple(p) for p in spec.get('pairs', [])]
+  pairs = list(dict.fromkeys(pairs))  # a pair named twice is shown once
   n = sorted({int(r['results']['num_eval_examples']) for r in runs})
   source = (f'the runs of `{spec["grid"]}`' if 'grid' in spec
             else 'the runs listed in `report.json`')
@@ -458,6 +476,9 @@ def tables_markdown(results_dir: str,
   if any(r['results'].get('black_box') for r in runs):
     out += ['', '## Final model, black-box from the source model (%)', '']
     out += accuracy_table(runs, box='black_box')
+  if any(len(_by(runs, v)) > 1 for v in variants):
+    out += ['', 'Seed spread: largest minus smallest seed (points).', '']
+    out += seed_spread_table(runs)
   out += ['', '## Differences (points)', '',
           '`a - b` per seed both ran, the mean of those, and that mean in '
           'binomial standard errors of the difference of two independent '
