@@ -282,7 +282,8 @@ def seed_spread_table(runs, evaluation=None) -> List[str]:
   return _table(['variant', 'seeds'] + [NAMES[c] for c in cols], rows, 2)
 
 
-def per_run_table(runs, evaluation, reference: Optional[str]) -> List[str]:
+def per_run_table(runs, evaluation, reference: Optional[str],
+                  digits: int = 1) -> List[str]:
   """One row per run: each attack, and PGD-20 minus the worst case."""
   cols = _columns(runs, evaluation)
   rows = []
@@ -293,10 +294,13 @@ def per_run_table(runs, evaluation, reference: Optional[str]) -> List[str]:
         continue
       pgd, worst = _acc(r, 'pgd20', evaluation), _acc(r, 'worst_case',
                                                       evaluation)
-      rows.append([v, str(r['seed'])] + [_f(x, 1) for x in vals] +
-                  [_f(pgd - worst, 1) if None not in (pgd, worst) else ''])
+      res = r['evaluations'][evaluation] if evaluation else r['results']
+      secs = res.get('eval_wall_time_s')
+      rows.append([v, str(r['seed'])] + [_f(x, digits) for x in vals] +
+                  [_f(pgd - worst, digits) if None not in (pgd, worst)
+                   else '', _f(float(secs), 0) if secs is not None else ''])
   return _table(['variant', 'seed'] + [NAMES[c] for c in cols] +
-                ['PGD-20 minus worst case'], rows, 2)
+                ['PGD-20 minus worst case', 'evaluation time (s)'], rows, 2)
 
 
 def difference_table(runs, pairs: Sequence[Tuple[str, str]],
@@ -362,18 +366,21 @@ def cost_table(runs, reference: Optional[str]) -> List[str]:
                               f'{r["cost"]["epochs"]}' for r in rs}))
     devices = '; '.join(sorted({str(r['results'].get('devices', '?'))
                                 for r in rs}))
+    e = [float(row['epoch_time_s']) for r in rs for row in r['rows']
+         if 'epoch_time_s' in row]
     rows.append([
         v, ','.join(str(r['seed']) for r in rs),
         _f(mean['sign_steps'] / 1e6), frac['sign_steps'],
         _f(mean['attack_grads'] / 1e6), _f(mean['passes'] / 1e6),
         frac['passes'], trips,
         _spread([float(r['rows'][-1]['train_time_s']) for r in rs], 0),
-        devices])
+        f'{_f(min(e), 0)} to {_f(max(e), 0)}' if e else '', devices])
   return _table(['variant', 'seeds', 'sign steps (M)',
                  f'vs {reference or "-"}', 'attack gradient evaluations (M)',
                  'all passes (M)', f'vs {reference or "-"}',
                  'epochs with all K trips', 'train time (s)',
-                 'final evaluation on'], rows, 2, 1)
+                 'one epoch (s), fastest to slowest', 'final evaluation on'],
+                rows, 2, 1)
 
 
 def epoch_window_table(runs, windows) -> List[str]:
@@ -476,6 +483,8 @@ def tables_markdown(results_dir: str,
   if any(r['results'].get('black_box') for r in runs):
     out += ['', '## Final model, black-box from the source model (%)', '']
     out += accuracy_table(runs, box='black_box')
+  out += ['', 'Per run:', '']
+  out += per_run_table(runs, None, ref, 2)
   if any(len(_by(runs, v)) > 1 for v in variants):
     out += ['', 'Seed spread: largest minus smallest seed (points).', '']
     out += seed_spread_table(runs)
@@ -495,7 +504,8 @@ def tables_markdown(results_dir: str,
           "batch's loop ran all num_steps trips (`iters_max`): without "
           'compaction such a batch costs K + 1 gradient evaluations for '
           'every example. Train time: the run\'s recorded training time '
-          '(`metrics.jsonl`), on the machine its README names; "final '
+          '(`metrics.jsonl`, including any pauses), and its fastest and '
+          'slowest epoch, on the machine its README names; "final '
           'evaluation on" is `results.json`\'s devices.', '']
   out += cost_table(runs, ref)
   for name, what in spec.get('evaluations', {}).items():
