@@ -304,12 +304,12 @@ def per_run_table(runs, evaluation, reference: Optional[str],
 
 
 def difference_table(runs, pairs: Sequence[Tuple[str, str]],
-                     evaluation=None) -> List[str]:
+                     evaluation=None, box='white_box') -> List[str]:
   """Per pair ``(a, b)``: ``a - b`` for each attack, per seed both have
   (``seed 0 / seed 1``), their mean, and the mean difference in binomial
   standard errors of a difference of two independent accuracies on the
   evaluation's images (test-set sampling only; seeds add their own)."""
-  cols = _columns(runs, evaluation)
+  cols = _columns(runs, evaluation, box)
   rows = []
   for a, b in pairs:
     ra = {r['seed']: r for r in _by(runs, a)}
@@ -321,7 +321,8 @@ def difference_table(runs, pairs: Sequence[Tuple[str, str]],
     for c in cols:
       d, z = [], []
       for s in seeds:
-        x, y = _acc(ra[s], c, evaluation), _acc(rb[s], c, evaluation)
+        x, y = (_acc(ra[s], c, evaluation, box),
+                _acc(rb[s], c, evaluation, box))
         if x is None or y is None:
           continue
         d.append(x - y)
@@ -494,6 +495,9 @@ def tables_markdown(results_dir: str,
           'accuracies on these test images (sampling of the test set only; '
           'seed-to-seed variation comes on top).', '']
   out += difference_table(runs, pairs)
+  if any(r['results'].get('black_box') for r in runs):
+    out += ['', 'Black-box differences (points, as above):', '']
+    out += difference_table(runs, pairs, box='black_box')
   out += ['', '## Cost of training', '',
           'Counted per training example as the step computes it: the '
           "attack's sign steps; its gradient evaluations (one at the start "
@@ -519,6 +523,9 @@ def tables_markdown(results_dir: str,
       out += accuracy_table(have, name, 'black_box')
     out += ['', f'Differences (`{name}`; points, as above):', '']
     out += difference_table(have, pairs, name)
+    if any(r['evaluations'][name].get('black_box') for r in have):
+      out += ['', f'Black-box differences (`{name}`; points):', '']
+      out += difference_table(have, pairs, name, 'black_box')
   windows = [tuple(w) for w in spec.get('epoch_windows', [])]
   if windows:
     out += ['', '## Per-epoch check (test PGD-20 after each epoch, the '
