@@ -52,7 +52,7 @@ NAMES = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd10': 'PGD-10',
          'pgd20': 'PGD-20', 'cw_inf': 'CW-inf', 'apgd_ce': 'APGD-CE',
          'apgd_t': 'APGD-T', 'worst_case': 'worst case'}
 _SPEC_KEYS = ('grid', 'runs', 'reference', 'pairs', 'evaluations',
-              'epoch_windows', 'title')
+              'epoch_windows', 'title', 'paper')
 
 
 class ReportError(ValueError):
@@ -454,6 +454,27 @@ def epoch_difference_table(runs, reference: str, windows) -> List[str]:
                 rows, 1)
 
 
+def paper_table(runs, paper: Mapping[str, Any], box: str) -> List[str]:
+  """Our run of ``paper['seed']`` beside the paper's numbers (given in
+  ``report.json``, never computed here) and ours minus the paper's."""
+  given = paper.get(box) or {}
+  cols = [c for c in COLUMNS if any(c in v for v in given.values())]
+  seed = int(paper.get('seed', 0))
+  rows = []
+  for v, theirs in given.items():
+    mine = next((r for r in _by(runs, v) if r['seed'] == seed), None)
+    ours = [(_acc(mine, c, box=box) if mine else None) for c in cols]
+    paper_vals = [theirs.get(c) for c in cols]
+    rows.append([v, f'ours, seed {seed}'] + [_f(x) if x is not None else ''
+                                              for x in ours])
+    rows.append([v, 'paper'] + [f'{x:g}' if x is not None else ''
+                                for x in paper_vals])
+    rows.append([v, 'ours - paper'] + [
+        _f(x - y, 2, True) if None not in (x, y) else ''
+        for x, y in zip(ours, paper_vals)])
+  return _table(['variant', ''] + [NAMES[c] for c in cols], rows, 2)
+
+
 def tables_markdown(results_dir: str,
                     spec: Optional[Mapping[str, Any]] = None) -> str:
   """The text of ``tables.md`` for ``results_dir``."""
@@ -498,6 +519,15 @@ def tables_markdown(results_dir: str,
   if any(r['results'].get('black_box') for r in runs):
     out += ['', 'Black-box differences (points, as above):', '']
     out += difference_table(runs, pairs, box='black_box')
+  paper = spec.get('paper')
+  if paper:
+    for box, what in (('white_box', 'white-box'), ('black_box', 'black-box')):
+      if paper.get(box):
+        out += ['', f'## Against the paper, {what} (%)', '',
+                f'The paper\'s numbers are {paper.get("source", "the paper")}'
+                ', as `report.json` gives them (not ours); ours minus the '
+                'paper\'s, in points.', '']
+        out += paper_table(runs, paper, box)
   out += ['', '## Cost of training', '',
           'Counted per training example as the step computes it: the '
           "attack's sign steps; its gradient evaluations (one at the start "
