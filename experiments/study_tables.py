@@ -18,7 +18,10 @@ variant every other one is compared with (default: the first that attacks),
 ``pairs`` more comparisons (e.g. a variant and its equal-cost control),
 ``evaluations`` further result files of the runs and what they cover,
 ``epoch_windows`` the epochs over which the runs' per-epoch test PGD-20 is
-averaged.
+averaged, ``title`` the heading. ``paper`` (optional) holds a paper's
+published numbers, ``{"source": ..., "seed": 0, "white_box": {variant:
+{attack: accuracy}}, "black_box": ...}``: they are printed as the paper's,
+beside the run of that seed, with ours minus theirs; never as ours.
 
 :func:`tables_markdown` turns that into ``tables.md``: every number a results
 README cites, with the spread and the differences computed here, so that
@@ -282,8 +285,7 @@ def seed_spread_table(runs, evaluation=None) -> List[str]:
   return _table(['variant', 'seeds'] + [NAMES[c] for c in cols], rows, 2)
 
 
-def per_run_table(runs, evaluation, reference: Optional[str],
-                  digits: int = 1) -> List[str]:
+def per_run_table(runs, evaluation, digits: int = 1) -> List[str]:
   """One row per run: each attack, and PGD-20 minus the worst case."""
   cols = _columns(runs, evaluation)
   rows = []
@@ -506,7 +508,7 @@ def tables_markdown(results_dir: str,
     out += ['', '## Final model, black-box from the source model (%)', '']
     out += accuracy_table(runs, box='black_box')
   out += ['', 'Per run:', '']
-  out += per_run_table(runs, None, ref, 2)
+  out += per_run_table(runs, None, 2)
   if any(len(_by(runs, v)) > 1 for v in variants):
     out += ['', 'Seed spread: largest minus smallest seed (points).', '']
     out += seed_spread_table(runs)
@@ -547,7 +549,7 @@ def tables_markdown(results_dir: str,
     if not have:
       continue
     out += ['', f'## `{name}`: {what} (%)', '']
-    out += per_run_table(have, name, ref)
+    out += per_run_table(have, name)
     if any(r['evaluations'][name].get('black_box') for r in have):
       out += ['', f'Black-box (`{name}`):', '']
       out += accuracy_table(have, name, 'black_box')

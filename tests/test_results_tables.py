@@ -11,7 +11,6 @@ training, no JAX computation.
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
