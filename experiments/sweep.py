@@ -31,7 +31,8 @@ attack, the attack gradient evaluations of training (the sum over training
 steps of the mean PGD steps per example times the examples, from the run's
 ``metrics.jsonl``) and the training time; with ``--results_dir`` also each
 run's ``results.json``, ``metrics.jsonl`` and ``flags.json`` (paths made
-relative) and the study figures.
+relative), the study figures and, where the results folder has a
+``report.json``, its generated ``tables.md`` (:mod:`experiments.study_tables`).
 """
 
 import copy
@@ -457,7 +458,7 @@ def table_markdown(grid: Grid, table: Sequence[Mapping[str, Any]],
 
 def table_csv(table: Sequence[Mapping[str, Any]]) -> str:
   buf = io.StringIO()
-  w = csv.writer(buf)
+  w = csv.writer(buf, lineterminator='\n')
   cols = list(ATTACK_COLUMNS) + ['grad_evals', 'train_time_s']
   w.writerow(['variant', 'seeds', 'num_eval_examples'] +
              [f'{c}_{s}' for c in cols for s in ('mean', 'min', 'max')])
@@ -507,14 +508,36 @@ def _relative_paths(text: str) -> str:
   return text.replace(here + '/', '').replace(parent + '/', '../')
 
 
+def _portable_paths(text: str, recorded_workdir: Optional[str],
+                    local_workdir: str) -> str:
+  """``text`` with the machine's own paths taken out.
+
+  A run trained elsewhere (e.g. on a GPU machine in ``/tmp/runs/<grid>``)
+  recorded that machine's absolute workdir. Its runs folder (the recorded
+  workdir's parent, which also holds e.g. a black-box source run) is
+  replaced by the local one, ``local_workdir``'s parent, and then every path
+  under the working directory or its parent is made relative to it
+  (:func:`_relative_paths`).
+  """
+  if recorded_workdir and os.path.isabs(recorded_workdir):
+    recorded = os.path.normpath(recorded_workdir)
+    local = os.path.abspath(local_workdir)
+    if recorded != local:
+      text = text.replace(os.path.dirname(recorded) + '/',
+                          os.path.dirname(local) + '/')
+  return _relative_paths(text)
+
+
 def copy_run_files(result: RunResult, results_dir: str) -> None:
   from dynamic_at import files  # pylint: disable=g-import-not-at-top
   dest = os.path.join(results_dir, result.name)
+  saved = read_json(os.path.join(result.workdir, config_lib.FLAGS_FILE)) or {}
   for name in (config_lib.RESULTS_FILE, config_lib.METRICS_FILE,
                config_lib.FLAGS_FILE):
     with open(os.path.join(result.workdir, name)) as f:
-      files.atomic_write_text(os.path.join(dest, name),
-                              _relative_paths(f.read()))
+      files.atomic_write_text(
+          os.path.join(dest, name),
+          _portable_paths(f.read(), saved.get('workdir'), result.workdir))
 
 
 def report(grid: Grid, runs_dir: str, results_dir: Optional[str],
@@ -548,6 +571,11 @@ def report(grid: Grid, runs_dir: str, results_dir: Optional[str],
           results_dir, 'steps_and_pgd20_per_epoch.png'))
       sweep_figures.fosc_by_variant(results, os.path.join(
           results_dir, 'fosc_by_variant.png'))
+    # The tables a results README cites, from the per-run copies just made.
+    from experiments import study_tables  # pylint: disable=g-import-not-at-top
+    if results and os.path.isfile(os.path.join(results_dir,
+                                               study_tables.REPORT_FILE)):
+      print(f'[sweep] wrote {study_tables.write(results_dir)}', flush=True)
   missing = [s.name for s in grid.runs()
              if s.name not in {r.name for r in results}]
   if missing:

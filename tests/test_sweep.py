@@ -317,6 +317,31 @@ def test_relative_paths(monkeypatch, tmp_path):
   assert Path(out['workdir']).parts[0] == 'workdirs'
 
 
+def test_portable_paths_replace_another_machines_runs_folder(monkeypatch,
+                                                            tmp_path):
+  """A run trained on another machine (GPU, /tmp/runs/<grid>) and unpacked
+  here: its recorded workdir and its black-box source in the same runs folder
+  become the local, relative ones; other text is unchanged."""
+  repo = tmp_path / 'repo'
+  repo.mkdir()
+  monkeypatch.chdir(repo)
+  text = json.dumps({
+      'workdir': '/tmp/runs/grid/standard_seed0',
+      'source_workdir': '/tmp/runs/grid/unsecured_seed0',
+      'data_dir': '.gpu_data/mnist', 'note': 'tmp/runs/grid'})
+  local = repo / 'workdirs' / 'grid' / 'standard_seed0'
+  out = json.loads(sweep._portable_paths(  # pylint: disable=protected-access
+      text, '/tmp/runs/grid/standard_seed0', str(local)))
+  assert out == {'workdir': 'workdirs/grid/standard_seed0',
+                 'source_workdir': 'workdirs/grid/unsecured_seed0',
+                 'data_dir': '.gpu_data/mnist', 'note': 'tmp/runs/grid'}
+  # A recorded relative workdir, or the same machine: only made relative.
+  for recorded in ('workdirs/grid/standard_seed0', str(local), None):
+    got = json.loads(sweep._portable_paths(  # pylint: disable=protected-access
+        json.dumps({'workdir': str(local)}), recorded, str(local)))
+    assert got == {'workdir': 'workdirs/grid/standard_seed0'}
+
+
 def test_per_epoch_figure_colours_variants_and_styles_seeds(tmp_path,
                                                             monkeypatch):
   """One colour per variant (in order of appearance), one line style per
