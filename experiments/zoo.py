@@ -285,6 +285,7 @@ def add(workdir: str, *, name: Optional[str] = None,
   check = zoo.quick_eval(model, variables, test_ds.images, test_ds.labels,
                          eps=config.eps, key_seed=check_key_seed)
   check.update(devices=_devices(), jax_version=jax.__version__,
+               xla_flags=os.environ.get('XLA_FLAGS'),
                test_data=_base_names(test_ds.source))
   evaluations = collect_evaluations(workdir, info.get('step'))
   spec = models.model_spec(config.model)
