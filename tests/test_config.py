@@ -387,3 +387,22 @@ def test_model_kwargs_flag_is_saved_canonical(tmp_path):
   fv2.unparse_flags()
   fv2(['main', f'--workdir={tmp_path}', '--model_kwargs=depth'])
   assert config_lib.config_from_flags('cifar10', fv2).model_kwargs == 'depth'
+_COMMITTED_FLAGS = sorted(str(p.relative_to(REPO))
+                          for p in (REPO / 'results').rglob('flags.json'))
+
+
+def test_results_hold_flags_json_files():
+  assert len(_COMMITTED_FLAGS) >= 30, _COMMITTED_FLAGS
+
+
+@pytest.mark.parametrize('path', _COMMITTED_FLAGS)
+def test_committed_flags_json_loads_to_its_settings(path):
+  """Every flags.json under results/ loads and validates, and gives back each
+  setting it holds unchanged (settings added since read their defaults)."""
+  with open(REPO / path) as f:
+    saved = json.load(f)
+  config = config_lib.Config.from_dict(saved)
+  config_lib.validate_config(config)
+  as_dict = config.to_dict()
+  assert {k: as_dict[k] for k in saved} == saved
+  assert config_lib.flag_differences(saved, config) == []
