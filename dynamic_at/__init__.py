@@ -30,6 +30,9 @@ from dynamic_at._losses import get_loss
 from dynamic_at._losses import xent
 from dynamic_at._square import square_attack
 from dynamic_at._square import SquareInfo
+from dynamic_at.zoo import list_models
+from dynamic_at.zoo import load_pretrained
+from dynamic_at.zoo import ZooError
 
 __version__ = '0.1.0'
 
@@ -37,7 +40,7 @@ __all__ = (
     'apgd', 'apgd_checkpoints', 'apgd_targeted', 'APGDInfo', 'dlr_loss',
     'dlr_targeted_loss', 'worst_case',
     'cw_inf', 'cw_margin', 'fab_targeted', 'FABInfo', 'fgsm', 'fosc',
-    'fosc_threshold', 'get_loss', 'input_grad', 'LogitsFn', 'pgd', 'pgd10',
-    'pgd20', 'PGDInfo', 'random_start_point', 'square_attack', 'SquareInfo',
-    'xent',
+    'fosc_threshold', 'get_loss', 'input_grad', 'list_models',
+    'load_pretrained', 'LogitsFn', 'pgd', 'pgd10', 'pgd20', 'PGDInfo',
+    'random_start_point', 'square_attack', 'SquareInfo', 'xent', 'ZooError',
 )

@@ -40,6 +40,7 @@ __all__ = [
     'load_mnist_raw',
     'load_tfds',
     'num_batches',
+    'raw_files',
 ]
 
 DATASET_NAMES = ('mnist', 'cifar10')
@@ -404,6 +405,33 @@ def load_tfds(name: str, split: str,
       split=split,
       source=f'tfds {name} (split {split!r}, {where})',
   )
+
+
+def raw_files(name: str, data_dir: PathLike) -> list:
+  """The raw files :func:`load_dataset` reads for ``name`` from
+  ``data_dir`` (both splits), found as the loaders find them: MNIST's four
+  IDX files (``.gz`` or not); CIFAR-10's extracted batch files (in
+  ``data_dir`` or its ``cifar-10-batches-bin/``), else its tarball. For
+  recording their checksums beside a trained model.
+
+  Raises:
+    DataError: if a file is missing.
+  """
+  _check_name(name)
+  folder = _check_dir(data_dir, f'the raw {_DISPLAY_NAMES[name]} files')
+  if name == 'mnist':
+    return [_find_idx_file(folder, stem)
+            for split in SPLITS for stem in _MNIST_FILES[split]]
+  for sub in (folder, folder / _CIFAR_SUBDIR):
+    if sub.is_dir():
+      found = sorted(p for p in sub.iterdir() if p.is_file() and any(
+          _wanted_cifar_member(p.name, split) is not None
+          for split in SPLITS))
+      if found:
+        return found
+  if (folder / _CIFAR_TARBALL).is_file():
+    return [folder / _CIFAR_TARBALL]
+  raise DataError(f'No CIFAR-10 files found in {str(folder)!r}.')
 
 
 # --------------------------------------------------------------------------

@@ -7,6 +7,15 @@ This module implements, in Flax linen, the classifiers of Wang et al. (ICML
 * :class:`Cifar10CNN` -- the paper's 8-layer CNN for CIFAR-10.
 * :class:`WideResNet` -- the pre-activation Wide ResNet used by Madry et al.
   and TRADES (WRN-34-10 by default, about 46.2M parameters).
+* :class:`PreActResNet18` -- the pre-activation ResNet-18 of Wong et al.
+  (2020) and Rice et al. (2020), the usual model of efficient adversarial
+  training benchmarks (11,172,170 parameters).
+
+A model is a name plus its keyword arguments: :data:`MODELS` holds one
+:class:`ModelSpec` per name (constructor, default arguments, the datasets it
+fits, its input shape), and :func:`get_model` / :func:`model_kwargs` build
+and check a model from a name and arguments. Adding a model is its class and
+one :func:`register_model` call.
 
 Conventions shared by every model:
 
@@ -27,9 +36,11 @@ All BatchNorm layers mirror the PyTorch defaults (momentum 0.1, i.e. flax
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Any, Callable, Sequence
+import types
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -38,13 +49,21 @@ import jax.numpy as jnp
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "MODELS",
     "MODEL_NAMES",
     "Cifar10CNN",
     "MnistCNN",
+    "ModelKwargsError",
+    "ModelSpec",
+    "PreActResNet18",
     "WideResNet",
     "count_params",
     "get_model",
     "max_pool_2x2",
+    "model_kwargs",
+    "model_spec",
+    "models_for_dataset",
+    "register_model",
 ]
 
 # Per-channel statistics of the CIFAR-10 training set (pixel values in [0, 1]).
@@ -460,36 +479,380 @@ class WideResNet(nn.Module):
     )(x)
 
 
-_MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {
-    "mnist_cnn": MnistCNN,
-    "cifar10_cnn": Cifar10CNN,
-    "wrn": WideResNet,
-}
+class _PreActBlock(nn.Module):
+  """The pre-activation basic block of PreAct ResNet (He et al. 2016), as in
+  Wong et al.'s and Rice et al.'s ``preact_resnet.py``.
 
-MODEL_NAMES: tuple[str, ...] = tuple(_MODEL_FACTORIES)
+  ``BN-ReLU`` of the input feeds ``conv3x3(stride)-BN-ReLU-conv3x3``; the
+  shortcut is a 1x1 strided convolution of that pre-activated input when the
+  stride or the number of channels changes, else the raw input. No
+  convolution has a bias.
+
+  Attributes:
+      planes: Number of output channels.
+      stride: Stride of the first convolution (and of the shortcut).
+  """
+
+  planes: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    """Applies the block to the NHWC feature map ``x``."""
+    conv = functools.partial(
+        nn.Conv,
+        use_bias=False,
+        kernel_init=_torch_default_init,
+        conv_general_dilated=conv_general_dilated,
+    )
+    out = nn.relu(_batch_norm(train, name="bn1")(x))
+    if self.stride != 1 or x.shape[-1] != self.planes:
+      shortcut = conv(
+          self.planes,
+          (1, 1),
+          strides=(self.stride, self.stride),
+          padding="VALID",
+          name="shortcut",
+      )(out)
+    else:
+      shortcut = x
+    out = conv(
+        self.planes,
+        (3, 3),
+        strides=(self.stride, self.stride),
+        padding=((1, 1), (1, 1)),
+        name="conv1",
+    )(out)
+    out = nn.relu(_batch_norm(train, name="bn2")(out))
+    out = conv(self.planes, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(
+        out
+    )
+    return out + shortcut
+
+
+# PyTorch's default initialisation of Conv2d and Linear weights,
+# kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+_torch_default_init = nn.initializers.variance_scaling(
+    1.0 / 3.0, "fan_in", "uniform"
+)
+
+
+def _torch_linear_bias_init(fan_in: int):
+  """PyTorch's Linear bias initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class PreActResNet18(nn.Module):
+  """PreAct ResNet-18 for CIFAR-10, as in Wong et al. (2020, "Fast is better
+  than free") and Rice et al. (2020, "Overfitting in adversarially robust
+  deep learning"), ``preact_resnet.py`` of their code.
+
+  A 3x3 convolution with 64 channels, four stages of two
+  :class:`_PreActBlock` with 64, 128, 256 and 512 channels (strides 1, 2, 2,
+  2), then BN + ReLU, average pooling over the 4x4 map (of 32x32 inputs; here
+  the global mean) and a dense classifier. 11,172,170 parameters for 10
+  classes, as PyTorch counts the reference's (BatchNorm's running statistics
+  are not parameters; 11,173,962 is the post-activation ResNet-18 of the same
+  repositories, whose shortcuts have a BatchNorm each). Weights are initialised as PyTorch's
+  defaults do (the reference sets none). The stride-1 convolutions use
+  :func:`conv_general_dilated` (the CPU-friendly input gradient); the
+  strided ones fall through to ``lax``'s.
+
+  The reference normalises its inputs outside the model with the CIFAR-10
+  mean and standard deviation; here, as for the other CIFAR-10 models, that
+  happens inside the model with fixed constants (``normalize=False``: raw
+  [0, 1] pixels).
+
+  Attributes:
+      num_classes: Number of output logits.
+      normalize: Whether to apply CIFAR-10 mean/std normalisation.
+  """
+
+  num_classes: int = 10
+  normalize: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Logits ``[B, num_classes]`` of images ``x`` ``[B, 32, 32, 3]`` in
+    [0, 1]; with ``train`` BatchNorm uses (and updates) batch statistics."""
+    if self.normalize:
+      x = _normalize(x, CIFAR10_MEAN, CIFAR10_STD)
+    x = nn.Conv(
+        64,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        use_bias=False,
+        kernel_init=_torch_default_init,
+        conv_general_dilated=conv_general_dilated,
+        name="conv1",
+    )(x)
+    for stage, (planes, stride) in enumerate(
+        zip((64, 128, 256, 512), (1, 2, 2, 2))
+    ):
+      for i in range(2):
+        x = _PreActBlock(
+            planes, stride if i == 0 else 1, name=f"layer{stage + 1}_{i}"
+        )(x, train)
+    x = nn.relu(_batch_norm(train, name="bn")(x))
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(
+        self.num_classes,
+        kernel_init=_torch_default_init,
+        bias_init=_torch_linear_bias_init(x.shape[-1]),
+        name="linear",
+    )(x)
+
+
+# --------------------------------------------------------------------------
+# The registry: a model is a name plus its keyword arguments
+# --------------------------------------------------------------------------
+
+
+class ModelKwargsError(ValueError):
+  """Keyword arguments a model does not take or does not accept.
+
+  Attributes:
+      kwarg: the argument at fault (``None``: the arguments as a whole).
+  """
+
+  def __init__(self, message: str, kwarg: Optional[str] = None):
+    super().__init__(message)
+    self.kwarg = kwarg
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """One model: everything the rest of the code needs to know about it.
+
+  Attributes:
+      name: the registry name (``--model``).
+      constructor: builds the Flax module from the keyword arguments.
+      default_kwargs: every argument a user may set, with its default; a
+          value's type is the argument's type (an int is accepted for a
+          float).
+      datasets: the datasets it fits.
+      input_shape: the image shape ``(H, W, C)`` it takes.
+      description: one line for help texts and tables.
+      check: ``check(kwargs) -> None`` raising :class:`ModelKwargsError`
+          (naming the argument) for arguments the constructor would refuse
+          only when the model is first applied.
+      display: ``display(kwargs) -> str``, the architecture's name as papers
+          write it (e.g. ``'WideResNet-34-10'``).
+      flag_kwargs: ``{argument: flag}`` for the older per-model flags of
+          ``experiments.config`` that set an argument (``--wrn_depth``).
+  """
+
+  name: str
+  constructor: Callable[..., nn.Module]
+  default_kwargs: Mapping[str, Any]
+  datasets: Tuple[str, ...]
+  input_shape: Tuple[int, int, int]
+  description: str = ""
+  check: Optional[Callable[[Mapping[str, Any]], None]] = None
+  display: Optional[Callable[[Mapping[str, Any]], str]] = None
+  flag_kwargs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    object.__setattr__(
+        self, "default_kwargs", types.MappingProxyType(dict(self.default_kwargs))
+    )
+    object.__setattr__(
+        self, "flag_kwargs", types.MappingProxyType(dict(self.flag_kwargs))
+    )
+    object.__setattr__(self, "datasets", tuple(self.datasets))
+    object.__setattr__(self, "input_shape", tuple(self.input_shape))
+    unknown = set(self.flag_kwargs) - set(self.default_kwargs)
+    if unknown:
+      raise ValueError(
+          f"model {self.name!r}: flag_kwargs name arguments it does not "
+          f"take: {sorted(unknown)}"
+      )
+
+  def kwargs(self, given: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """All of the model's arguments: ``given`` over the defaults, checked.
+
+    Raises:
+        ModelKwargsError: an argument the model does not take (the message
+            lists those it does), a value of the wrong type, or one the
+            model's own ``check`` refuses.
+    """
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(self.default_kwargs))
+    if unknown:
+      known = ", ".join(self.default_kwargs) or "none"
+      raise ModelKwargsError(
+          f"model {self.name!r} takes no argument "
+          f"{', '.join(map(repr, unknown))}; its arguments: {known}.",
+          unknown[0],
+      )
+    out = dict(self.default_kwargs)
+    for k, v in given.items():
+      default = self.default_kwargs[k]
+      if isinstance(default, bool) or not isinstance(default, (int, float)):
+        ok = type(v) is type(default)
+      elif isinstance(default, int):
+        ok = isinstance(v, int) and not isinstance(v, bool)
+      else:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        v = float(v) if ok else v
+      if not ok:
+        raise ModelKwargsError(
+            f"model {self.name!r}: {k}={v!r} must be a "
+            f"{type(default).__name__} (default {default!r}).",
+            k,
+        )
+      out[k] = v
+    if self.check is not None:
+      self.check(out)
+    return out
+
+  def build(self, **kwargs: Any) -> nn.Module:
+    """The (uninitialised) Flax module with ``kwargs`` over the defaults."""
+    return self.constructor(**self.kwargs(kwargs))
+
+  def architecture(self, kwargs: Optional[Mapping[str, Any]] = None) -> str:
+    """The architecture's name with ``kwargs`` (e.g. ``'WideResNet-34-10'``)."""
+    full = self.kwargs(kwargs)
+    return self.display(full) if self.display else self.name
+
+
+MODELS: Dict[str, ModelSpec] = {}
+MODEL_NAMES: Tuple[str, ...] = ()
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+  """Adds ``spec`` to :data:`MODELS` (and its name to :data:`MODEL_NAMES`).
+
+  Raises:
+      ValueError: if the name is taken.
+  """
+  global MODEL_NAMES
+  if spec.name in MODELS:
+    raise ValueError(f"model {spec.name!r} is already registered")
+  spec.kwargs()  # the defaults pass the model's own check
+  MODELS[spec.name] = spec
+  MODEL_NAMES = tuple(MODELS)
+  return spec
+
+
+def _check_wrn(kwargs: Mapping[str, Any]) -> None:
+  depth, width = kwargs["depth"], kwargs["width"]
+  if depth < 10 or (depth - 4) % 6 != 0:
+    raise ModelKwargsError(
+        f"depth={depth}: (depth - 4) must be divisible by 6 and depth >= 10 "
+        "(e.g. 16, 28, 34).",
+        "depth",
+    )
+  if width < 1:
+    raise ModelKwargsError(f"width={width}: the width k must be >= 1.",
+                           "width")
+
+
+def _check_num_classes(kwargs: Mapping[str, Any]) -> None:
+  if kwargs["num_classes"] < 2:
+    raise ModelKwargsError(
+        f"num_classes={kwargs['num_classes']}: must be >= 2.", "num_classes"
+    )
+
+
+def _checks(*fns):
+  def check(kwargs):
+    for fn in fns:
+      fn(kwargs)
+
+  return check
+
+
+register_model(ModelSpec(
+    name="mnist_cnn",
+    constructor=MnistCNN,
+    default_kwargs={"num_classes": 10},
+    datasets=("mnist",),
+    input_shape=(28, 28, 1),
+    description="the paper's 4-layer MNIST CNN",
+    check=_check_num_classes,
+))
+register_model(ModelSpec(
+    name="cifar10_cnn",
+    constructor=Cifar10CNN,
+    default_kwargs={"num_classes": 10, "normalize": True},
+    datasets=("cifar10",),
+    input_shape=(32, 32, 3),
+    description="the paper's 8-layer CIFAR-10 CNN",
+    check=_check_num_classes,
+))
+register_model(ModelSpec(
+    name="wrn",
+    constructor=WideResNet,
+    default_kwargs={"depth": 34, "width": 10, "num_classes": 10,
+                    "normalize": True},
+    datasets=("cifar10",),
+    input_shape=(32, 32, 3),
+    description="pre-activation WideResNet (Madry et al., TRADES)",
+    check=_checks(_check_wrn, _check_num_classes),
+    display=lambda kw: f"WideResNet-{kw['depth']}-{kw['width']}",
+    flag_kwargs={"depth": "wrn_depth", "width": "wrn_width"},
+))
+register_model(ModelSpec(
+    name="preact_resnet18",
+    constructor=PreActResNet18,
+    default_kwargs={"num_classes": 10, "normalize": True},
+    datasets=("cifar10",),
+    input_shape=(32, 32, 3),
+    description="PreAct ResNet-18 (Wong et al. 2020, Rice et al. 2020)",
+    check=_check_num_classes,
+    display=lambda kw: "PreActResNet-18",
+))
+
+
+def model_spec(name: str) -> ModelSpec:
+  """The :class:`ModelSpec` of ``name``.
+
+  Raises:
+      ValueError: if ``name`` is unknown (the message lists the known ones).
+  """
+  try:
+    return MODELS[name]
+  except KeyError:
+    raise ValueError(
+        f"Unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}"
+    ) from None
+
+
+def model_kwargs(name: str, given: Optional[Mapping[str, Any]] = None
+                 ) -> Dict[str, Any]:
+  """All arguments of model ``name``: ``given`` over its defaults, checked
+  (:meth:`ModelSpec.kwargs`)."""
+  return model_spec(name).kwargs(given)
+
+
+def models_for_dataset(dataset: str) -> Tuple[str, ...]:
+  """The names of the models that fit ``dataset``, in registration order."""
+  return tuple(n for n, s in MODELS.items() if dataset in s.datasets)
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
   """Builds a model by name.
 
   Args:
-      name: One of ``'mnist_cnn'``, ``'cifar10_cnn'``, ``'wrn'``.
-      **kwargs: Forwarded to the model constructor (e.g. ``depth`` and
+      name: A name of :data:`MODEL_NAMES` (``'mnist_cnn'``,
+          ``'cifar10_cnn'``, ``'wrn'``, ``'preact_resnet18'``).
+      **kwargs: The model's arguments over its defaults (e.g. ``depth`` and
           ``width`` for ``'wrn'``, ``num_classes`` for any model).
 
   Returns:
       The (uninitialised) Flax module.
 
   Raises:
-      ValueError: If ``name`` is unknown.
+      ValueError: If ``name`` is unknown; :class:`ModelKwargsError` (a
+          ValueError) for arguments the model does not take or accept.
   """
-  try:
-    factory = _MODEL_FACTORIES[name]
-  except KeyError:
-    raise ValueError(
-        f"Unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}"
-    ) from None
-  return factory(**kwargs)
+  return model_spec(name).build(**kwargs)
 
 
 def count_params(params: Any) -> int:

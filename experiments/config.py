@@ -35,8 +35,9 @@ AUGMENTATIONS = ('none', 'crop_flip', 'keras')
 ATTACK_SETS = evaluation.ATTACK_SETS
 # Image shape of each dataset (height, width, channels).
 IMAGE_SHAPES = {'mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
-# Models each dataset accepts.
-DATASET_MODELS = {'mnist': ('mnist_cnn',), 'cifar10': ('cifar10_cnn', 'wrn')}
+# Models each dataset accepts (from the model registry,
+# dynamic_at.models.MODELS).
+DATASET_MODELS = {d: models.models_for_dataset(d) for d in DATASETS}
 
 FLAGS_FILE = 'flags.json'
 METRICS_FILE = 'metrics.jsonl'
@@ -164,13 +165,26 @@ class Config:
           f'{m.name} ({m.description})'
           for m in methods_lib.METHODS.values()) + '.',
       choices=tuple(methods_lib.METHODS))
+  # model: a name of dynamic_at.models.MODELS that fits the dataset (checked
+  # in validate_config). experiments.evaluate reads --model as the name of a
+  # pretrained model of the zoo instead.
   model: str = setting(
-      'mnist_cnn', 'Model (dataset default: mnist_cnn / cifar10_cnn).',
-      choices=models.MODEL_NAMES, check_choices=False,  # vs DATASET_MODELS
+      'mnist_cnn', 'Model: ' + ', '.join(
+          f'{n} ({s.description}; {"/".join(s.datasets)})'
+          for n, s in models.MODELS.items()) + '. Dataset default: mnist_cnn '
+      '/ cifar10_cnn. (experiments.evaluate: the name of a pretrained model, '
+      'python -m experiments.zoo list.)',
       per_dataset={'mnist': 'mnist_cnn', 'cifar10': 'cifar10_cnn'})
-  # wrn_depth and wrn_width are checked with --model=wrn only (below).
-  wrn_depth: int = setting(34, 'WideResNet depth.')
-  wrn_width: int = setting(10, 'WideResNet width k.')
+  model_kwargs: str = setting(
+      '', "Arguments of --model over its defaults, as JSON ('{\"depth\": "
+      "28}') or k=v,k=v (depth=28,width=10; each value read as JSON, e.g. "
+      "numbers and true/false, else as a string). '' = the defaults.")
+  # wrn_depth and wrn_width set the wrn model's depth and width (its
+  # flag_kwargs); checked with --model=wrn only.
+  wrn_depth: int = setting(34, 'WideResNet depth (--model=wrn; the same as '
+                           '--model_kwargs=depth=...).')
+  wrn_width: int = setting(10, 'WideResNet width k (--model=wrn; the same as '
+                           '--model_kwargs=width=...).')
   num_epochs: int = setting(50, 'Training epochs T.', check=at_least(1),
                             per_dataset={'mnist': 50, 'cifar10': 120},
                             may_differ_on_resume=True)
@@ -485,6 +499,12 @@ def config_from_flags(dataset: str,
     if spec.path:
       value = os.path.abspath(os.path.expanduser(value)) if value else None
     values[field.name] = value
+  # The same arguments spelled differently are the same run (resume).
+  if values.get('model_kwargs'):
+    try:
+      values['model_kwargs'] = canonical_model_kwargs(values['model_kwargs'])
+    except ConfigError:
+      pass  # validate_config reports it
   # step_size None becomes eps / 4 in Config.__post_init__.
   return config_class(**values)
 
@@ -496,6 +516,98 @@ def set_dataset_defaults(dataset: str,
   fv = flags.FLAGS if flag_values is None else flag_values
   for name, value in dataset_defaults(config_class)[dataset].items():
     fv.set_default(name, value)
+
+
+# --------------------------------------------------------------------------
+# The model's arguments
+# --------------------------------------------------------------------------
+
+
+def parse_model_kwargs(text: str, flag: str = 'model_kwargs'
+                       ) -> Dict[str, Any]:
+  """``--model_kwargs``'s value as a dict: a JSON object, or ``k=v,k=v``
+  with each ``v`` read as JSON (``28``, ``true``, ``0.5``) or else kept as a
+  string. ``''`` is ``{}``.
+
+  Raises:
+    ConfigError: naming ``--<flag>``.
+  """
+  text = (text or '').strip()
+  if not text:
+    return {}
+  if text.startswith('{'):
+    try:
+      value = json.loads(text)
+    except ValueError as e:
+      raise ConfigError(f'--{flag}={text}: not a JSON object ({e}); use '
+                        '\'{"depth": 28}\' or depth=28,width=10.') from None
+    if not isinstance(value, dict):
+      raise ConfigError(f'--{flag}={text}: expected a JSON object.')
+    return value
+  out = {}
+  for item in text.split(','):
+    key, sep, raw = item.partition('=')
+    key = key.strip()
+    if not sep or not key or key in out:
+      raise ConfigError(
+          f'--{flag}={text}: expected k=v,k=v (e.g. depth=28,width=10) or a '
+          f'JSON object; {"repeated" if key in out else "cannot read"} '
+          f'{item.strip()!r}.')
+    raw = raw.strip()
+    try:
+      out[key] = json.loads(raw)
+    except ValueError:
+      out[key] = raw
+  return out
+
+
+def canonical_model_kwargs(text: str) -> str:
+  """``--model_kwargs`` as sorted JSON (``''`` for none), so that the same
+  arguments spelled differently save (and resume) as the same flag."""
+  value = parse_model_kwargs(text)
+  return json.dumps(value, sort_keys=True) if value else ''
+
+
+def model_kwargs_of(config: Config) -> Dict[str, Any]:
+  """Every argument of ``config.model``: its defaults, under the per-model
+  flags it declares (``--wrn_depth``, ``--wrn_width``), under
+  ``--model_kwargs``; checked by the model's own declaration
+  (:meth:`dynamic_at.models.ModelSpec.kwargs`).
+
+  Raises:
+    ConfigError: an unknown model, an argument the model does not take or
+      accept, or a per-model flag that contradicts ``--model_kwargs``; the
+      message names the flag.
+  """
+  try:
+    spec = models.model_spec(config.model)
+  except ValueError as e:
+    raise ConfigError(f'--model={config.model}: {e}') from None
+  given = parse_model_kwargs(config.model_kwargs)
+  from_flag = {}
+  defaults = {f.name: f.default for f in dataclasses.fields(type(config))}
+  for kwarg, flag in spec.flag_kwargs.items():
+    value = getattr(config, flag)
+    if kwarg in given:
+      _require(value == defaults.get(flag) or value == given[kwarg],
+               f'--{flag}={value} contradicts --model_kwargs='
+               f'{config.model_kwargs} ({kwarg}={given[kwarg]!r}); give one '
+               'of them.')
+    else:
+      given[kwarg] = value
+      from_flag[kwarg] = flag
+  try:
+    return spec.kwargs(given)
+  except models.ModelKwargsError as e:
+    if e.kwarg in from_flag:
+      message = str(e)
+      plain = f'{e.kwarg}={given[e.kwarg]}'
+      if message.startswith(plain):
+        message = message[len(plain):].lstrip(': ')
+      raise ConfigError(f'--{from_flag[e.kwarg]}={given[e.kwarg]}: '
+                        f'{message}') from None
+    raise ConfigError(f'--model_kwargs={config.model_kwargs} (--model='
+                      f'{config.model}): {e}') from None
 
 
 # --------------------------------------------------------------------------
@@ -533,11 +645,7 @@ def validate_config(config: Config) -> None:
   _require(c.curriculum_max_steps >= c.curriculum_start_steps,
            f'--curriculum_max_steps={c.curriculum_max_steps} must be >= '
            f'--curriculum_start_steps={c.curriculum_start_steps}.')
-  if c.model == 'wrn':
-    _require(c.wrn_depth >= 10 and (c.wrn_depth - 4) % 6 == 0,
-             f'--wrn_depth={c.wrn_depth}: (depth - 4) must be divisible by 6 '
-             '(e.g. 16, 28, 34).')
-    _require(c.wrn_width >= 1, f'--wrn_width={c.wrn_width} must be >= 1.')
+  model_kwargs_of(c)  # the model's arguments: known, typed, accepted
   if c.augment == 'keras':
     try:
       import scipy.ndimage  # pylint: disable=g-import-not-at-top,unused-import

@@ -18,6 +18,15 @@ Only ``--data_dir``, ``--num_eval_examples``, ``--eval_batch_size``,
 and ``--multihost`` are read from the command line (each falls back to the
 run's saved value); the other flags come from the run's ``flags.json``.
 
+With ``--model=NAME`` it evaluates a model of the zoo (``python -m
+experiments.zoo list``; :func:`dynamic_at.zoo.load_pretrained`), its weights
+file checked against its manifest's sha256 first, writing ``results.json``
+and ``model_info.json`` into ``--workdir``::
+
+  python -m experiments.evaluate --model=mnist/standard_seed0 \\
+      --workdir=runs/eval_standard --data_dir=../shared/data/mnist \\
+      --attacks=autoattack
+
 With ``--weights=FILE`` it evaluates a weights file instead
 (:func:`dynamic_at.weights.save_weights`, e.g. ``results/.../model.msgpack``)
 with the flags saved in it, writing ``results.json`` into ``--workdir``::
@@ -29,7 +38,7 @@ with the flags saved in it, writing ``results.json`` into ``--workdir``::
 
 import contextlib
 import os
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 from absl import app
 from absl import flags
@@ -42,6 +51,7 @@ from experiments import config as config_lib
 from experiments import inputs
 from experiments import reporting
 from experiments import workdir_lock
+from experiments import zoo as zoo_cli
 
 # The flags evaluate takes from the command line when given.
 _WEIGHTS = flags.DEFINE_string(
@@ -53,7 +63,7 @@ OVERRIDABLE = ('data_dir', 'num_eval_examples', 'eval_batch_size',
                'source_workdir', 'attacks', 'attack_cascade', 'cpu_devices',
                'multihost', 'coordinator_address', 'num_processes',
                'process_id')
-for _name in ('workdir',) + OVERRIDABLE:
+for _name in ('workdir', 'model', 'zoo_dir') + OVERRIDABLE:
   flags.declare_key_flag(_name)
 
 
@@ -128,6 +138,23 @@ def evaluate_weights(path: str, workdir: str,
     return _evaluate_variables(config, model, variables, info, path, test_ds)
 
 
+def evaluate_pretrained(name: str, workdir: str, *,
+                        zoo_dir: Optional[str] = None,
+                        **overrides: Any) -> Dict[str, Any]:
+  """Evaluates the zoo model ``name``; results go to ``workdir``.
+
+  Raises:
+    config_lib.ConfigError: naming --model (unknown name, damaged weights
+      file) or another flag; data.DataError naming the file.
+  """
+  from dynamic_at import zoo  # pylint: disable=g-import-not-at-top
+  try:
+    path, _ = zoo.verify_weights(name, zoo_dir)
+  except zoo.ZooError as e:
+    raise config_lib.ConfigError(f'--model={name}: {e}') from None
+  return evaluate_weights(path, workdir, **overrides)
+
+
 def _evaluate_variables(config, model, variables, info, path, test_ds):
   """The evaluation and report of a loaded weights file."""
   import optax  # pylint: disable=g-import-not-at-top
@@ -161,7 +188,16 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   common.quiet_logging()
   try:
-    if _WEIGHTS.value:
+    if flags.FLAGS['model'].present:
+      if _WEIGHTS.value:
+        raise config_lib.ConfigError('--model (a zoo model) and --weights '
+                                     'exclude each other; give one.')
+      zoo_dir = zoo_cli.ZOO_DIR.value
+      evaluate_pretrained(flags.FLAGS.model,
+                          os.path.abspath(flags.FLAGS.workdir),
+                          zoo_dir=zoo_dir and os.path.abspath(zoo_dir),
+                          **_overrides_from_flags())
+    elif _WEIGHTS.value:
       evaluate_weights(_WEIGHTS.value, os.path.abspath(flags.FLAGS.workdir),
                        **_overrides_from_flags())
     else:

@@ -20,6 +20,7 @@ from dynamic_at import checkpoint
 from dynamic_at import data
 from dynamic_at import evaluation
 from dynamic_at import files
+from dynamic_at import models
 from dynamic_at import parallel
 from dynamic_at import train
 from experiments.config import ATTACK_SETS
@@ -29,6 +30,7 @@ from experiments.config import ConfigError
 from experiments.config import FLAGS_FILE
 from experiments.config import IMAGE_SHAPES
 from experiments.config import RESULTS_FILE
+from experiments.config import model_kwargs_of
 from experiments.outputs import devices_description
 from experiments.outputs import fosc_files
 from experiments.outputs import is_main_process
@@ -296,9 +298,8 @@ def write_model_info(config: Config, out: Mapping[str, Any]) -> str:
   (:func:`dynamic_at.evaluation.model_info`) beside its ``results.json``,
   with the evaluation's commit and command."""
   import sys  # pylint: disable=g-import-not-at-top
-  architecture = config.model
-  if config.model == 'wrn':
-    architecture = f'WideResNet-{config.wrn_depth}-{config.wrn_width}'
+  architecture = models.model_spec(config.model).architecture(
+      model_kwargs_of(config))
   info = evaluation.model_info(
       out, dataset=config.dataset, eps=config.eps, architecture=architecture,
       name=os.path.basename(os.path.normpath(config.workdir)),
@@ -432,8 +433,7 @@ def export_weights(workdir: str, path: str) -> str:
   for key in ('workdir', 'data_dir', 'source_workdir'):
     if flags_dict.get(key):
       flags_dict[key] = os.path.basename(flags_dict[key])
-  model_kwargs = ({'depth': config.wrn_depth, 'width': config.wrn_width}
-                  if config.model == 'wrn' else {})
+  model_kwargs = model_kwargs_of(config)
   info = {'dataset': config.dataset, 'method': config.method,
           'input_shape': list(shape), 'flags': flags_dict,
           'step': meta.get('step'), 'train_time_s': meta.get('train_time_s'),

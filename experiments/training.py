@@ -33,6 +33,7 @@ from experiments.config import CHECKPOINT_DIR
 from experiments.config import Config
 from experiments.config import ConfigError
 from experiments.config import TB_DIR
+from experiments.config import model_kwargs_of
 from experiments.inputs import augment
 from experiments.outputs import append_metrics
 from experiments.outputs import atomic_save_npy
@@ -61,11 +62,9 @@ class TrainingDivergedError(RuntimeError):
 
 
 def build_model(config: Config):
-  """The Flax module of ``config.model``."""
-  if config.model == 'wrn':
-    return models.get_model('wrn', depth=config.wrn_depth,
-                            width=config.wrn_width)
-  return models.get_model(config.model)
+  """The Flax module of ``config.model`` with its arguments
+  (:func:`experiments.config.model_kwargs_of`)."""
+  return models.get_model(config.model, **model_kwargs_of(config))
 
 
 def run_keys(seed: int) -> Tuple[jax.Array, jax.Array]:

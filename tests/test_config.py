@@ -53,7 +53,7 @@ def test_every_config_field_is_exactly_one_flag_and_vice_versa():
   assert set(fields) - set(holders) == {'dataset'}
   assert set(holders) <= set(fields)
   assert len(flags.FLAGS.get_flags_for_module('experiments.config')) == (
-      len(fields) - 1) == 48
+      len(fields) - 1) == 49
   for name, holder in holders.items():
     field = fields[name]
     kind = config_lib.flag_kind(field)
@@ -185,7 +185,8 @@ def test_a_new_setting_is_one_declaration():
 
 
 # Settings added after those runs, read at their defaults.
-_ADDED_SINCE = dict(attack_cascade=False, cpu_devices=0, beta=6.0,
+_ADDED_SINCE = dict(attack_cascade=False, cpu_devices=0, model_kwargs='',
+                    beta=6.0,
                     fat_tau_epochs=[], fat_step_noise=0.0,
                     attack_start='method')
 
@@ -242,22 +243,154 @@ def test_old_runs_resume_under_their_grid(run, monkeypatch):
   assert config_lib.flag_differences(saved, config) == []
 
 
-_COMMITTED_FLAGS = sorted(str(p.relative_to(REPO))
-                          for p in (REPO / 'results').rglob('flags.json'))
+# ---------------------------------------------------------------------------
+# Every committed flags.json loads to the same settings and the same model
+# ---------------------------------------------------------------------------
+
+RESULT_FLAGS = sorted((REPO / 'results').rglob('flags.json'))
+
+# The model build_model made of a config before models were a name plus
+# keyword arguments (training.build_model, reporting.export_weights):
+# WideResNet(depth=wrn_depth, width=wrn_width), else the model's defaults.
+def _old_model_kwargs(config):
+  if config.model == 'wrn':
+    return {'depth': config.wrn_depth, 'width': config.wrn_width}
+  return {}
 
 
-def test_results_hold_flags_json_files():
-  assert len(_COMMITTED_FLAGS) >= 30, _COMMITTED_FLAGS
+def test_committed_flags_json_files_are_found():
+  assert len(RESULT_FLAGS) >= 32
 
 
-@pytest.mark.parametrize('path', _COMMITTED_FLAGS)
-def test_committed_flags_json_loads_to_its_settings(path):
-  """Every flags.json under results/ loads and validates, and gives back each
-  setting it holds unchanged (settings added since read their defaults)."""
-  with open(REPO / path) as f:
+@pytest.mark.parametrize('path', RESULT_FLAGS,
+                         ids=lambda p: str(p.relative_to(REPO / 'results')))
+def test_committed_flags_json_loads_to_the_same_settings(path):
+  from dynamic_at import models  # pylint: disable=g-import-not-at-top
+  from experiments import training  # pylint: disable=g-import-not-at-top
+  with open(path) as f:
     saved = json.load(f)
+  assert 'model_kwargs' not in saved  # written before the setting existed
   config = config_lib.Config.from_dict(saved)
   config_lib.validate_config(config)
-  as_dict = config.to_dict()
-  assert {k: as_dict[k] for k in saved} == saved
   assert config_lib.flag_differences(saved, config) == []
+  # Every saved value reads back unchanged; the new setting is its default.
+  new = {k: v for k, v in config.to_dict().items() if k not in saved}
+  assert new.get('model_kwargs') == '' and set(new) <= {
+      'model_kwargs', 'attack_cascade', 'cpu_devices',
+      'unclipped_random_start', *_ADDED_SINCE}
+  assert {k: v for k, v in config.to_dict().items() if k in saved} == saved
+  model = training.build_model(config)
+  assert model == models.get_model(config.model, **_old_model_kwargs(config))
+  assert type(model) is models.MODELS[config.model].constructor
+  assert config_lib.model_kwargs_of(config) == {
+      'mnist_cnn': {'num_classes': 10},
+      'cifar10_cnn': {'num_classes': 10, 'normalize': True}}[config.model]
+
+
+# ---------------------------------------------------------------------------
+# --model_kwargs and the per-model flags
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('text,expected', [
+    ('', {}),
+    ('  ', {}),
+    ('depth=28', {'depth': 28}),
+    ('depth=28, width=2,normalize=false',
+     {'depth': 28, 'width': 2, 'normalize': False}),
+    ('{"depth": 16, "normalize": true}', {'depth': 16, 'normalize': True}),
+    ('name=abc,x=0.5', {'name': 'abc', 'x': 0.5}),
+])
+def test_parse_model_kwargs(text, expected):
+  got = config_lib.parse_model_kwargs(text)
+  assert got == expected
+  assert [type(v) for v in got.values()] == [type(v)
+                                             for v in expected.values()]
+
+
+@pytest.mark.parametrize('text,message', [
+    ('depth', "^--model_kwargs=depth: expected k=v,k=v .*cannot read 'depth'"),
+    ('depth=1,depth=2', "^--model_kwargs=depth=1,depth=2: .*repeated"),
+    ('=3', "^--model_kwargs==3: expected k=v"),
+    ('{bad', r"^--model_kwargs=\{bad: not a JSON object"),
+    ('{"a": [1', r"^--model_kwargs=\{\"a\": \[1: not a JSON object"),
+])
+def test_parse_model_kwargs_errors_name_the_flag(text, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.parse_model_kwargs(text)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate_config(config_lib.Config(
+        dataset='mnist', workdir='/w', model_kwargs=text))
+
+
+def _wrn(**changes):
+  return config_lib.Config(dataset='cifar10', workdir='/w', model='wrn',
+                           eps=8 / 255).replace(**changes)
+
+
+def test_model_kwargs_of_merges_defaults_flags_and_model_kwargs():
+  wrn = {'depth': 34, 'width': 10, 'num_classes': 10, 'normalize': True}
+  assert config_lib.model_kwargs_of(_wrn()) == wrn
+  assert config_lib.model_kwargs_of(_wrn(wrn_depth=16, wrn_width=2)) == dict(
+      wrn, depth=16, width=2)
+  assert config_lib.model_kwargs_of(_wrn(model_kwargs='depth=28')) == dict(
+      wrn, depth=28)
+  # The same value in both places is fine; a different one is refused.
+  assert config_lib.model_kwargs_of(
+      _wrn(model_kwargs='depth=16', wrn_depth=16))['depth'] == 16
+  with pytest.raises(config_lib.ConfigError, match=(
+      r'^--wrn_depth=16 contradicts --model_kwargs=depth=28 \(depth=28\)')):
+    config_lib.model_kwargs_of(_wrn(model_kwargs='depth=28', wrn_depth=16))
+  # The per-model flags mean nothing to other models.
+  cnn = config_lib.Config(dataset='cifar10', workdir='/w', wrn_depth=15,
+                          model='cifar10_cnn')
+  assert config_lib.model_kwargs_of(cnn) == {'num_classes': 10,
+                                              'normalize': True}
+  assert config_lib.model_kwargs_of(cnn.replace(
+      model='preact_resnet18', model_kwargs='normalize=false')) == {
+          'num_classes': 10, 'normalize': False}
+  assert training_build(cnn.replace(model='preact_resnet18')).normalize
+
+
+def training_build(config):
+  from experiments import training  # pylint: disable=g-import-not-at-top
+  return training.build_model(config)
+
+
+@pytest.mark.parametrize('changes,message', [
+    (dict(wrn_depth=15), '--wrn_depth=15: (depth - 4) must be divisible by 6 '
+     'and depth >= 10 (e.g. 16, 28, 34).'),
+    (dict(wrn_width=0), '--wrn_width=0: the width k must be >= 1.'),
+    (dict(model_kwargs='depth=15'), '--model_kwargs=depth=15 (--model=wrn): '
+     'depth=15: (depth - 4) must be divisible by 6 and depth >= 10 (e.g. 16, '
+     '28, 34).'),
+    (dict(model_kwargs='dpth=3'), "--model_kwargs=dpth=3 (--model=wrn): model "
+     "'wrn' takes no argument 'dpth'; its arguments: depth, width, "
+     "num_classes, normalize."),
+    (dict(model_kwargs='depth=1.5'), "--model_kwargs=depth=1.5 (--model=wrn): "
+     "model 'wrn': depth=1.5 must be a int (default 34)."),
+    (dict(model_kwargs='normalize=1'), "--model_kwargs=normalize=1 (--model="
+     "wrn): model 'wrn': normalize=1 must be a bool (default True)."),
+    (dict(model='vgg'), "--model=vgg does not fit cifar10; use one of "
+     "('cifar10_cnn', 'wrn', 'preact_resnet18')."),
+])
+def test_model_argument_errors_name_the_flag(changes, message):
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate_config(_wrn(**changes))
+  assert str(e.value) == message
+
+
+def test_model_kwargs_flag_is_saved_canonical(tmp_path):
+  fv = copy.deepcopy(flags.FLAGS)
+  fv.unparse_flags()
+  config_lib.set_dataset_defaults('cifar10', fv)
+  fv(['main', f'--workdir={tmp_path}', '--model=wrn',
+      '--model_kwargs=width=2, depth=16'])
+  config = config_lib.config_from_flags('cifar10', fv)
+  assert config.model_kwargs == '{"depth": 16, "width": 2}'
+  assert config_lib.model_kwargs_of(config)['depth'] == 16
+  # A spelling that does not parse is kept, for validate_config to name.
+  fv2 = copy.deepcopy(flags.FLAGS)
+  fv2.unparse_flags()
+  fv2(['main', f'--workdir={tmp_path}', '--model_kwargs=depth'])
+  assert config_lib.config_from_flags('cifar10', fv2).model_kwargs == 'depth'

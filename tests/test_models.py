@@ -16,6 +16,7 @@ from dynamic_at import models
 from dynamic_at.models import (
     Cifar10CNN,
     MnistCNN,
+    PreActResNet18,
     WideResNet,
     count_params,
     get_model,
@@ -31,6 +32,7 @@ MODEL_CASES = [
     ("mnist_cnn", {}, MNIST_SHAPE),
     ("cifar10_cnn", {}, CIFAR_SHAPE),
     ("wrn", {"depth": 10, "width": 1}, CIFAR_SHAPE),
+    ("preact_resnet18", {}, CIFAR_SHAPE),
 ]
 
 
@@ -319,6 +321,7 @@ def test_max_pool_2x2_rejects_non_4d():
         ("mnist_cnn", {}, MnistCNN),
         ("cifar10_cnn", {}, Cifar10CNN),
         ("wrn", {"depth": 16, "width": 2}, WideResNet),
+        ("preact_resnet18", {"normalize": False}, PreActResNet18),
     ],
 )
 def test_get_model(name, kwargs, cls):
@@ -371,3 +374,171 @@ def test_fast_conv_matches_lax_conv_and_its_gradients(padding):
   )
   for a, b in zip(ours(x, w), ref(x, w)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# PreAct ResNet-18 (Wong et al. 2020, Rice et al. 2020)
+# ---------------------------------------------------------------------------
+
+
+def _preact_resnet18_expected_params(num_classes: int = 10) -> int:
+  """The reference's ``preact_resnet.py``, layer by layer."""
+  total = _conv(3, 3, 64, bias=False)
+  cin = 64
+  for planes, stride in zip((64, 128, 256, 512), (1, 2, 2, 2)):
+    for i in range(2):
+      s = stride if i == 0 else 1
+      total += _bn(cin) + _conv(3, cin, planes, bias=False)
+      total += _bn(planes) + _conv(3, planes, planes, bias=False)
+      if s != 1 or cin != planes:
+        total += _conv(1, cin, planes, bias=False)
+      cin = planes
+  return total + _bn(512) + _dense(512, num_classes)
+
+
+def test_preact_resnet18_param_count_and_shapes():
+  model = get_model("preact_resnet18")
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *CIFAR_SHAPE)))
+  )
+  params = shapes["params"]
+  assert count_params(params) == _preact_resnet18_expected_params()
+  # PyTorch's count of the reference PreActResNet18 (11,173,962 is the
+  # post-activation ResNet18 of the same repositories: 1,792 more, its
+  # shortcuts have BatchNorms).
+  assert count_params(params) == 11_172_170
+  assert count_params(shapes["batch_stats"]) == 2 * 3904  # mean, var
+  # Stages of two blocks, 64-128-256-512, 1x1 shortcuts where the shape
+  # changes, no convolution biases.
+  assert sorted(params) == [
+      "bn", "conv1", "layer1_0", "layer1_1", "layer2_0", "layer2_1",
+      "layer3_0", "layer3_1", "layer4_0", "layer4_1", "linear"]
+  for stage, planes in enumerate((64, 128, 256, 512), start=1):
+    first = params[f"layer{stage}_0"]
+    assert ("shortcut" in first) == (stage > 1)
+    assert "shortcut" not in params[f"layer{stage}_1"]
+    assert first["conv2"]["kernel"].shape == (3, 3, planes, planes)
+    for block in (first, params[f"layer{stage}_1"]):
+      assert set(block["conv1"]) == {"kernel"}
+  assert params["layer2_0"]["shortcut"]["kernel"].shape == (1, 1, 64, 128)
+  assert params["linear"]["kernel"].shape == (512, 10)
+  assert count_params(jax.eval_shape(lambda: get_model(
+      "preact_resnet18", num_classes=100).init(
+          jax.random.PRNGKey(0), jnp.zeros((1, *CIFAR_SHAPE))))["params"]) == (
+              _preact_resnet18_expected_params(100))
+
+
+def test_preact_resnet18_output_shape_and_downsampling():
+  model = get_model("preact_resnet18")
+  x = jax.ShapeDtypeStruct((3, *CIFAR_SHAPE), jnp.float32)
+  variables = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
+  )
+  out = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False), variables, x
+  )
+  assert (out.shape, out.dtype) == ((3, 10), jnp.float32)
+  # The last stage sees a 4x4 map (strides 1, 2, 2, 2 of a 32x32 input).
+  _, inter = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False,
+                               capture_intermediates=True,
+                               mutable=["intermediates"]), variables, x)
+  assert inter["intermediates"]["layer4_1"]["__call__"][0].shape == (
+      3, 4, 4, 512)
+  assert inter["intermediates"]["layer1_1"]["__call__"][0].shape == (
+      3, 32, 32, 64)
+
+
+def test_preact_resnet18_init_is_pytorch_default():
+  """Conv and Linear weights U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's
+  kaiming_uniform(a=sqrt(5))), Linear bias the same, BatchNorm 1 / 0."""
+  model = get_model("preact_resnet18")
+  variables = jax.jit(lambda k: model.init(
+      k, jnp.zeros((1, *CIFAR_SHAPE)), train=False))(jax.random.PRNGKey(3))
+  p = variables["params"]
+  for w, fan_in in ((p["conv1"]["kernel"], 27),
+                    (p["layer3_0"]["conv1"]["kernel"], 9 * 128),
+                    (p["layer3_0"]["shortcut"]["kernel"], 128),
+                    (p["linear"]["kernel"], 512)):
+    bound = 1 / np.sqrt(fan_in)
+    w = np.asarray(w)
+    assert np.abs(w).max() <= bound
+    assert np.abs(w).max() > 0.95 * bound  # uniform: reaches the bound
+    np.testing.assert_allclose(w.std(), bound / np.sqrt(3), rtol=0.1)
+  bias = np.asarray(p["linear"]["bias"])  # 10 draws of U(-b, b), b = 1/sqrt(512)
+  assert np.abs(bias).max() <= 1 / np.sqrt(512) and len(set(bias)) == 10
+  np.testing.assert_array_equal(p["bn"]["scale"], np.ones(512))
+  np.testing.assert_array_equal(p["bn"]["bias"], np.zeros(512))
+
+
+def test_preact_resnet18_uses_the_fast_convolution_path(monkeypatch):
+  """Its stride-1 convolutions go through models.conv_general_dilated's
+  custom input gradient (_conv_s1); the strided ones do not."""
+  calls = []
+  real = models._conv_s1
+
+  def spy(lhs, rhs, padding):
+    calls.append(rhs.shape)
+    return real(lhs, rhs, padding)
+
+  monkeypatch.setattr(models, "_conv_s1", spy)
+  model = get_model("preact_resnet18")
+  x = jax.ShapeDtypeStruct((1, *CIFAR_SHAPE), jnp.float32)
+  variables = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  calls.clear()
+  jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  # 1 stem + 8 blocks x 2 convolutions, less the 3 strided first convs.
+  assert len(calls) == 1 + 16 - 3
+  assert (1, 1, 64, 128) not in calls  # the strided shortcut
+
+
+# ---------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------
+
+
+def test_registry_declares_every_model():
+  assert models.MODEL_NAMES == (
+      "mnist_cnn", "cifar10_cnn", "wrn", "preact_resnet18")
+  assert models.models_for_dataset("mnist") == ("mnist_cnn",)
+  assert models.models_for_dataset("cifar10") == (
+      "cifar10_cnn", "wrn", "preact_resnet18")
+  for name, spec in models.MODELS.items():
+    assert spec.name == name
+    assert spec.input_shape == {"mnist": MNIST_SHAPE,
+                                "cifar10": CIFAR_SHAPE}[spec.datasets[0]]
+    # The default arguments are the constructor's own defaults.
+    module = spec.constructor()
+    for k, v in spec.default_kwargs.items():
+      assert getattr(module, k) == v, (name, k)
+    assert get_model(name) == spec.constructor(**spec.default_kwargs)
+
+
+def test_model_kwargs_are_checked():
+  assert models.model_kwargs("wrn", {"depth": 16}) == {
+      "depth": 16, "width": 10, "num_classes": 10, "normalize": True}
+  assert models.model_kwargs("mnist_cnn") == {"num_classes": 10}
+  with pytest.raises(models.ModelKwargsError,
+                     match="takes no argument 'depth'; its arguments: "
+                     "num_classes") as e:
+    get_model("mnist_cnn", depth=3)
+  assert e.value.kwarg == "depth"
+  with pytest.raises(models.ModelKwargsError, match="depth=12: ") as e:
+    get_model("wrn", depth=12)
+  assert e.value.kwarg == "depth"
+  with pytest.raises(models.ModelKwargsError, match="must be a bool"):
+    get_model("cifar10_cnn", normalize="yes")
+  with pytest.raises(models.ModelKwargsError, match="must be a int"):
+    get_model("wrn", width=True)
+  with pytest.raises(models.ModelKwargsError, match="num_classes=1: "):
+    get_model("preact_resnet18", num_classes=1)
+  assert models.MODELS["wrn"].architecture({"depth": 28}) == (
+      "WideResNet-28-10")
+  assert models.MODELS["mnist_cnn"].architecture() == "mnist_cnn"
+  assert models.MODELS["preact_resnet18"].architecture() == "PreActResNet-18"
+
+
+def test_register_model_refuses_a_taken_name():
+  with pytest.raises(ValueError, match="already registered"):
+    models.register_model(models.MODELS["wrn"])
